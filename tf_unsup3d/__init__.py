@@ -1,0 +1,1 @@
+"""tf_unsup3d: unsupervised learning of probably symmetric deformable 3D objects."""
