@@ -1,0 +1,210 @@
+"""The full model: shapes and ranges, symmetry, gradients, compilation."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_unsup3d import model as model_lib
+
+S = 64
+
+
+def tiny_model(**kwargs):
+  """The paper's architecture at a width that runs in a second on a CPU."""
+  config = dict(nf=8, zdim=16, light_view_nf=4, conf_zdim=16,
+                vgg_weights=None, triangle_chunk=1024)
+  config.update(kwargs)
+  return model_lib.Unsup3D(**config)
+
+
+def images(batch=2, seed=0):
+  rng = np.random.default_rng(seed)
+  return tf.constant(rng.uniform(0, 1, (batch, S, S, 3)).astype(np.float32))
+
+
+def symmetric(x):
+  """Averages `[B, H, W, ...]` with its horizontal mirror image."""
+  return (x + tf.reverse(x, axis=[2])) / 2.0
+
+
+def test_outputs_have_documented_shapes_and_ranges():
+  model = tiny_model()
+  out = model(images(), training=False)
+  expected = {
+      "canon_depth": (2, S, S), "canon_albedo": (2, S, S, 3),
+      "canon_normal": (2, S, S, 3), "canon_diffuse_shading": (2, S, S, 1),
+      "canon_image": (2, S, S, 3), "light": (2, 4), "light_direction": (2, 3),
+      "view": (2, 6), "conf_sigma_l1": (2, S, S, 2),
+      "conf_sigma_perc": (2, S // 4, S // 4, 2), "recon_image": (2, S, S, 3),
+      "recon_image_flip": (2, S, S, 3), "recon_depth": (2, S, S),
+      "recon_depth_flip": (2, S, S), "recon_mask": (2, S, S)}
+  assert {k: tuple(v.shape) for k, v in out.items()} == expected
+  depth = out["canon_depth"].numpy()
+  border = 0.7 * 1.1 + 0.3 * 0.9
+  np.testing.assert_allclose(depth[:, :, [0, 1, -2, -1]], border, rtol=1e-6)
+  assert depth.min() >= 0.9 - 1e-6 and depth.max() <= 1.1 + 1e-6
+  # Like the reference, normals are divided by (|n| + 1e-7) and |tu x tv| is
+  # only ~3e-5 at this focal length, so their norm is just below one.
+  np.testing.assert_allclose(
+      np.linalg.norm(out["canon_normal"].numpy(), axis=-1), 1.0, atol=5e-3)
+  np.testing.assert_allclose(
+      np.linalg.norm(out["light_direction"].numpy(), axis=-1), 1.0, atol=1e-6)
+  light = out["light"].numpy()
+  assert (light[:, :2] >= 0).all() and (light[:, :2] <= 1).all()
+  view = out["view"].numpy()
+  assert (np.abs(view[:, :3]) <= np.radians(60) + 1e-6).all()
+  assert (np.abs(view[:, 3:]) <= 0.1 + 1e-6).all()
+  assert set(np.unique(out["recon_mask"].numpy())) <= {0.0, 1.0}
+  assert (out["conf_sigma_l1"].numpy() > 0).all()
+  recon_depth = out["recon_depth"].numpy()
+  assert recon_depth.min() >= 0.8 - 1e-6 and recon_depth.max() <= 1.2 + 1e-6
+
+
+def test_bad_input_shape_names_the_expected_shape():
+  model = tiny_model()
+  with pytest.raises(ValueError, match=r"\[B, 64, 64, 3\]"):
+    model(tf.zeros([1, 32, 32, 3]))
+  with pytest.raises(ValueError, match="image_size"):
+    tiny_model(image_size=32)
+
+
+def test_uint8_input_equals_float_input():
+  model = tiny_model(use_conf_map=False)
+  x = np.random.default_rng(1).integers(0, 256, (1, S, S, 3), dtype=np.uint8)
+  a = model(tf.constant(x))["recon_image"]
+  b = model(tf.constant(x.astype(np.float32) / 255.0))["recon_image"]
+  np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+
+
+def test_symmetric_factors_at_zero_view_give_identical_reconstructions():
+  """Mirrored factors equal the originals, so both branches must agree, and a
+  light with dx = 0 keeps the reconstruction itself mirror-symmetric."""
+  model = tiny_model()
+  rng = np.random.default_rng(2)
+  smooth = tf.image.resize(rng.normal(size=(2, 8, 8, 1)), [S, S])[..., 0]
+  depth = symmetric(model._canonical_depth(tf.cast(smooth, tf.float32)))
+  albedo = symmetric(tf.constant(rng.uniform(-1, 1, (2, S, S, 3)), tf.float32))
+  light = tf.constant([[0.2, 0.5, 0.0, 0.4], [-0.3, 0.9, 0.0, -0.2]])
+  out = model.reconstruct(depth, albedo, light, tf.zeros([2, 6]))
+  np.testing.assert_allclose(out["recon_image"].numpy(),
+                             out["recon_image_flip"].numpy(), atol=1e-6)
+  recon = out["recon_image"].numpy()[:, :, 2:-2]  # border columns are fixed
+  np.testing.assert_allclose(recon, recon[:, :, ::-1], atol=1e-5)
+  # Zero view: the reconstruction is the canonical image, away from the border.
+  np.testing.assert_allclose(out["recon_image"].numpy()[:, 2:-2, 2:-2],
+                             out["canon_image"].numpy()[:, 2:-2, 2:-2],
+                             atol=1e-5)
+
+
+def test_mirrored_branch_renders_the_mirrored_factors():
+  """With zero view, the flipped reconstruction is the mirror image of the
+  canonical image rendered from mirrored depth and albedo."""
+  model = tiny_model()
+  rng = np.random.default_rng(3)
+  smooth = tf.image.resize(rng.normal(size=(1, 8, 8, 1)), [S, S])[..., 0]
+  depth = model._canonical_depth(tf.cast(smooth, tf.float32))
+  albedo = tf.constant(rng.uniform(-1, 1, (1, S, S, 3)), tf.float32)
+  light = tf.constant([[0.0, 0.5, 0.0, 0.3]])  # dx = 0: mirror-invariant light
+  out = model.reconstruct(depth, albedo, light, tf.zeros([1, 6]))
+  mirrored = model.reconstruct(tf.reverse(depth, [2]), tf.reverse(albedo, [2]),
+                               light, tf.zeros([1, 6]))
+  np.testing.assert_allclose(out["recon_image_flip"].numpy(),
+                             mirrored["recon_image"].numpy(), atol=1e-6)
+
+
+def test_losses_combine_with_the_paper_weights():
+  model = tiny_model(lam_perc=0.7, lam_flip=0.3, lam_depth_sm=0.2)
+  x = images()
+  out = model(x)
+  terms = {k: float(v) for k, v in model.compute_losses(x, out).items()}
+  expected = (terms["photometric"] + 0.3 * terms["photometric_flip"] +
+              0.7 * (terms["perceptual"] + 0.3 * terms["perceptual_flip"]) +
+              0.2 * terms["depth_smoothness"])
+  assert terms["total"] == pytest.approx(expected, rel=1e-6)
+  lam1 = float(model.compute_losses(x, out, lam_flip=1.0)["total"])
+  assert lam1 == pytest.approx(
+      expected + 0.7 * terms["photometric_flip"] +
+      0.7 * 0.7 * terms["perceptual_flip"], rel=1e-5)
+
+
+def test_no_perceptual_terms_and_no_vgg_without_lam_perc():
+  model = tiny_model(lam_perc=0.0, use_conf_map=False)
+  x = images()
+  out = model(x)
+  assert "conf_sigma_l1" not in out and model.vgg is None
+  terms = model.compute_losses(x, out)
+  assert set(terms) == {"total", "photometric", "photometric_flip"}
+
+
+def test_every_network_receives_a_gradient():
+  model = tiny_model(lam_perc=1.0, lam_depth_sm=0.1)
+  x = images()
+  with tf.GradientTape() as tape:
+    total = model.compute_losses(x, model(x, training=True))["total"]
+  variables = model.trainable_variables
+  grads = tape.gradient(total, variables)
+  for net in (model.net_depth, model.net_albedo, model.net_light,
+              model.net_view, model.net_conf):
+    names = {v.path for v in net.trainable_variables}
+    net_grads = [g for v, g in zip(variables, grads) if v.path in names]
+    assert net_grads and all(g is not None for g in net_grads), net.name
+    assert sum(float(tf.reduce_sum(tf.abs(g))) for g in net_grads) > 0, net.name
+  assert not model.vgg.trainable_variables  # frozen
+
+
+@pytest.mark.parametrize("net_name", ["net_albedo", "net_light", "net_conf"])
+def test_loss_gradient_matches_finite_differences(net_name):
+  """Directional derivative along a random direction of one weight tensor."""
+  model = tiny_model(lam_perc=1.0)
+  x = images(1)
+  model(x)
+  variable = getattr(model, net_name).trainable_variables[-1]
+  direction = tf.constant(
+      np.random.default_rng(4).normal(size=variable.shape), tf.float32)
+  direction /= tf.norm(direction)
+  loss = lambda: model.compute_losses(x, model(x))["total"]
+  with tf.GradientTape() as tape:
+    total = loss()
+  analytic = float(tf.reduce_sum(tape.gradient(total, variable) * direction))
+  original = variable.numpy()
+  eps = 1e-2
+  values = []
+  for sign in (1, -1):
+    variable.assign(original + sign * eps * direction)
+    values.append(float(loss()))
+  variable.assign(original)
+  numeric = (values[0] - values[1]) / (2 * eps)
+  assert analytic == pytest.approx(numeric, rel=0.05, abs=1e-4)
+
+
+def _train_step(model, x):
+  with tf.GradientTape() as tape:
+    total = model.compute_losses(x, model(x, training=True))["total"]
+  return total, tape.gradient(total, model.trainable_variables)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_forward_backward_compile_and_match_eager(jit_compile):
+  model = tiny_model(lam_perc=1.0, lam_depth_sm=0.1)
+  x = images()
+  eager_total, eager_grads = _train_step(model, x)
+  step = tf.function(lambda inputs: _train_step(model, inputs),
+                     jit_compile=jit_compile)
+  total, grads = step(x)
+  assert float(total) == pytest.approx(float(eager_total), rel=1e-4)
+  for g, e in zip(grads, eager_grads):
+    np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-2,
+                               atol=1e-4 * float(tf.reduce_max(tf.abs(e))))
+
+
+def test_import_leaves_tensorflow_addons_out():
+  code = ("import sys, tf_unsup3d, tf_unsup3d.model, tf_unsup3d.rendering; "
+          "print('tensorflow_addons' in sys.modules, "
+          "'tensorflow_graphics.image.transformer' in sys.modules)")
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                          text=True, check=True)
+  assert result.stdout.split()[-2:] == ["False", "False"]

@@ -1,0 +1,108 @@
+"""The paper's reconstruction losses as pure functions (DESIGN section 1).
+
+Masked means are ratios over the whole batch: the sum of masked errors over
+the sum of the mask. Each masked loss also has a `*_sums` form returning that
+numerator and denominator, so that replicas can all-reduce both and agree
+with a single device.
+"""
+
+import math
+
+import tensorflow as tf
+
+EPS = 1e-7
+
+
+def _check_rank(tensor, rank, name, shape_doc):
+  if tensor.shape.rank != rank:
+    raise ValueError(f"{name} must be {shape_doc}, got shape {tensor.shape}.")
+
+
+def _masked_sums(error, mask):
+  """(sum(error * mask), sum(mask)) with `[B, h, w]` mask broadcast to error."""
+  if mask is None:
+    return tf.reduce_sum(error), tf.cast(tf.size(error), error.dtype)
+  mask = tf.broadcast_to(mask[..., None], tf.shape(error))
+  return tf.reduce_sum(error * mask), tf.reduce_sum(mask)
+
+
+def photometric_loss_sums(im1, im2, mask=None, conf_sigma=None):
+  """Numerator and denominator of `photometric_loss` (scalars)."""
+  with tf.name_scope("photometric_loss"):
+    _check_rank(im1, 4, "im1", "[B, H, W, C]")
+    _check_rank(im2, 4, "im2", "[B, H, W, C]")
+    error = tf.abs(im1 - im2)
+    if conf_sigma is not None:
+      _check_rank(conf_sigma, 4, "conf_sigma", "[B, H, W, 1]")
+      error = (error * math.sqrt(2.0) / (conf_sigma + EPS) +
+               tf.math.log(conf_sigma + EPS))
+    if mask is not None:
+      _check_rank(mask, 3, "mask", "[B, H, W]")
+    return _masked_sums(error, mask)
+
+
+def photometric_loss(im1, im2, mask=None, conf_sigma=None):
+  """L1 reconstruction loss, optionally a Laplacian likelihood with confidence.
+
+  Per element |im1 - im2|, or |im1 - im2| sqrt(2) / sigma + log sigma.
+
+  Args:
+    im1, im2: `[B, H, W, C]` images in [-1, 1].
+    mask: optional `[B, H, W]` {0, 1} valid-pixel mask.
+    conf_sigma: optional `[B, H, W, 1]` confidence, > 0.
+
+  Returns:
+    Scalar: masked mean over all pixels and channels of the batch.
+  """
+  numerator, denominator = photometric_loss_sums(im1, im2, mask, conf_sigma)
+  return numerator / denominator
+
+
+def perceptual_loss_sums(feat1, feat2, mask=None, conf_sigma=None):
+  """Numerator and denominator of `perceptual_loss` (scalars)."""
+  with tf.name_scope("perceptual_loss"):
+    _check_rank(feat1, 4, "feat1", "[B, h, w, F]")
+    _check_rank(feat2, 4, "feat2", "[B, h, w, F]")
+    error = tf.square(feat1 - feat2)
+    if conf_sigma is not None:
+      _check_rank(conf_sigma, 4, "conf_sigma", "[B, h, w, 1]")
+      error = (error / (2.0 * tf.square(conf_sigma) + EPS) +
+               tf.math.log(conf_sigma + EPS))
+    if mask is not None:
+      _check_rank(mask, 3, "mask", "[B, H, W]")
+      h, w = feat1.shape[1], feat1.shape[2]
+      kernel = (mask.shape[1] // h, mask.shape[2] // w)
+      mask = tf.nn.avg_pool2d(mask[..., None], kernel, kernel, "VALID")[..., 0]
+    return _masked_sums(error, mask)
+
+
+def perceptual_loss(feat1, feat2, mask=None, conf_sigma=None):
+  """Perceptual loss on features, optionally a Gaussian likelihood with confidence.
+
+  Per element (f1 - f2)^2, or (f1 - f2)^2 / (2 sigma^2) + log sigma. The
+  pixel mask is average-pooled to the feature resolution.
+
+  Args:
+    feat1, feat2: `[B, h, w, F]` features (VGG16 relu3_3: h = H / 4).
+    mask: optional `[B, H, W]` {0, 1} pixel mask, H a multiple of h.
+    conf_sigma: optional `[B, h, w, 1]` confidence, > 0.
+
+  Returns:
+    Scalar masked mean.
+  """
+  numerator, denominator = perceptual_loss_sums(feat1, feat2, mask, conf_sigma)
+  return numerator / denominator
+
+
+def depth_smoothness(depth, min_depth, max_depth):
+  """Total-variation prior on depth `[B, H, W]`, normalised by the depth range.
+
+  mean |d[:, :-1] - d[:, 1:]| + mean |d[:, :, :-1] - d[:, :, 1:]|, each
+  divided by (max_depth - min_depth). Scalar >= 0.
+  """
+  with tf.name_scope("depth_smoothness"):
+    _check_rank(depth, 3, "depth", "[B, H, W]")
+    scale = max_depth - min_depth
+    vertical = tf.reduce_mean(tf.abs(depth[:, :-1, :] - depth[:, 1:, :]))
+    horizontal = tf.reduce_mean(tf.abs(depth[:, :, :-1] - depth[:, :, 1:]))
+    return (vertical + horizontal) / scale

@@ -1,0 +1,68 @@
+"""Depth evaluation of the paper (DESIGN section 7): SIDE and MAD.
+
+All scores are per image `[B]`; an image whose mask is empty scores NaN,
+which callers must treat as "no valid pixels", never as a perfect score.
+"""
+
+import math
+
+import tensorflow as tf
+
+
+def erode_mask(mask):
+  """Erodes a `[B, H, W]` {0, 1} mask by one pixel.
+
+  A 3x3 average with zero padding counted in the average (PyTorch's
+  avg_pool2d default), kept where > 0.99: the image border is eroded too.
+  """
+  with tf.name_scope("erode_mask"):
+    padded = tf.pad(tf.cast(mask, tf.float32)[..., None],
+                    [[0, 0], [1, 1], [1, 1], [0, 0]])
+    average = tf.nn.avg_pool2d(padded, 3, 1, "VALID")[..., 0]
+    return tf.cast(average > 0.99, tf.float32)
+
+
+def foreground_mask(depth_gt):
+  """1 where ground-truth depth `[B, H, W]` is below that image's maximum."""
+  with tf.name_scope("foreground_mask"):
+    far = tf.reduce_max(depth_gt, axis=[1, 2], keepdims=True)
+    return tf.cast(depth_gt < far, tf.float32)
+
+
+def evaluation_mask(depth_gt, recon_mask):
+  """Pixels foreground in both ground truth and prediction, each eroded."""
+  return erode_mask(foreground_mask(depth_gt)) * erode_mask(recon_mask)
+
+
+def _masked_image_mean(values, mask):
+  return (tf.reduce_sum(values * mask, axis=[1, 2]) /
+          tf.reduce_sum(mask, axis=[1, 2]))
+
+
+def scale_invariant_depth_error(depth_pred, depth_gt, mask):
+  """SIDE per image `[B]`: the std over the mask of log d_pred - log d_gt.
+
+  Args:
+    depth_pred, depth_gt: `[B, H, W]` positive depths.
+    mask: `[B, H, W]` {0, 1}.
+  """
+  with tf.name_scope("scale_invariant_depth_error"):
+    if depth_pred.shape.rank != 3 or depth_gt.shape.rank != 3:
+      raise ValueError("depth_pred and depth_gt must be [B, H, W], got "
+                       f"{depth_pred.shape} and {depth_gt.shape}.")
+    mask = tf.cast(mask, tf.float32)
+    delta = (tf.math.log(depth_pred) - tf.math.log(depth_gt)) * mask
+    mean = _masked_image_mean(delta, mask)
+    return tf.sqrt(_masked_image_mean(
+        tf.square(delta - mean[:, None, None]), mask))
+
+
+def mean_angle_deviation(normal_pred, normal_gt, mask):
+  """MAD per image `[B]`: mean angle in degrees between unit normals `[B, H, W, 3]`."""
+  with tf.name_scope("mean_angle_deviation"):
+    if normal_pred.shape.rank != 4 or normal_pred.shape[-1] != 3:
+      raise ValueError(f"normals must be [B, H, W, 3], got {normal_pred.shape}.")
+    cosine = tf.clip_by_value(
+        tf.reduce_sum(normal_pred * normal_gt, axis=-1), -1.0, 1.0)
+    angle = tf.acos(cosine) * (180.0 / math.pi)
+    return _masked_image_mean(angle, tf.cast(mask, tf.float32))

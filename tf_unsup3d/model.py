@@ -1,0 +1,279 @@
+"""The photo-geometric autoencoder of Wu et al. (CVPR 2020), DESIGN sections 1 and 3."""
+
+import math
+
+from tf_unsup3d.configurable import keras_configurable
+import keras
+import tensorflow as tf
+
+from tf_unsup3d import losses
+from tf_unsup3d import networks
+from tf_unsup3d.rendering import renderer as renderer_lib
+from tf_unsup3d.rendering import sampling
+from tf_unsup3d.rendering import shading
+
+
+def _flip(x):
+  """Mirrors `[B, H, W, ...]` horizontally."""
+  return tf.reverse(x, axis=[2])
+
+
+def _rescale(x, low, high):
+  """Maps x in [-1, 1] linearly onto [low, high]."""
+  return low + (x + 1.0) / 2.0 * (high - low)
+
+
+@keras_configurable
+class Unsup3D(keras.Model):
+  """Predicts depth, albedo, light and view from one image and renders them back.
+
+  `model(images)` takes `[B, S, S, 3]` images in [0, 1] (float, or uint8 in
+  [0, 255]) and returns a dict of tensors (B images, mirrored branch apart):
+
+  | key | shape | values |
+  | --- | --- | --- |
+  | canon_depth | [B, S, S] | scene units, [min_depth, max_depth] (border columns: border_depth) |
+  | canon_albedo | [B, S, S, 3] | [0, 1] |
+  | canon_normal | [B, S, S, 3] | unit vectors, pointing away from the camera |
+  | canon_diffuse_shading | [B, S, S, 1] | max(0, n . l) in [0, 1] |
+  | canon_image | [B, S, S, 3] | [0, 1] (shading above 1 can exceed it) |
+  | light | [B, 4] | ambient, diffuse (in their ranges), light dx, dy in [-1, 1] |
+  | light_direction | [B, 3] | unit normalise(dx, dy, 1) |
+  | view | [B, 6] | rx, ry, rz radians; tx, ty, tz scene units |
+  | conf_sigma_l1 | [B, S, S, 2] | > 0; channel 0 original, 1 mirrored branch |
+  | conf_sigma_perc | [B, S/4, S/4, 2] | > 0 (only when use_conf_map) |
+  | recon_image, recon_image_flip | [B, S, S, 3] | [0, 1], 0.5 outside recon_mask |
+  | recon_depth, recon_depth_flip | [B, S, S] | scene units, max_depth + m as background |
+  | recon_mask | [B, S, S] | {0, 1}: valid in both branches, no gradient |
+
+  Every hyper-parameter below is a gin-configurable constructor argument
+  whose default is the paper's (CelebA setting, DESIGN section 6).
+  """
+
+  def __init__(self,
+               image_size=64,
+               fov=10.0,
+               min_depth=0.9,
+               max_depth=1.1,
+               border_depth=None,
+               rot_center_depth=None,
+               xyz_rotation_range=60.0,
+               xy_translation_range=0.1,
+               z_translation_range=0.1,
+               amb_light_range=(0.0, 1.0),
+               diff_light_range=(0.0, 1.0),
+               use_conf_map=True,
+               lam_perc=1.0,
+               lam_flip=0.5,
+               lam_depth_sm=0.0,
+               nf=64,
+               zdim=256,
+               light_view_nf=32,
+               conf_zdim=128,
+               vgg_weights="imagenet",
+               triangle_chunk=128,
+               name="unsup3d",
+               **kwargs):
+    """Args:
+      image_size: S, side of the square input in pixels (the networks need 64).
+      fov: camera field of view in degrees.
+      min_depth, max_depth: canonical depth range in scene units.
+      border_depth: depth of the two leftmost/rightmost columns; default
+        0.7 max_depth + 0.3 min_depth.
+      rot_center_depth: z of the view rotation centre; default mid depth.
+      xyz_rotation_range: max |rotation| per axis in degrees.
+      xy_translation_range, z_translation_range: max |translation|.
+      amb_light_range, diff_light_range: (low, high) ambient and diffuse
+        light strengths.
+      use_conf_map: predict confidence maps (heteroscedastic losses).
+      lam_perc, lam_flip, lam_depth_sm: loss weights. lam_perc = 0 removes
+        the VGG16 perceptual loss and its weights.
+      nf, zdim: width and bottleneck of the depth and albedo nets (64, 256).
+      light_view_nf: width of the light and view encoders (32).
+      conf_zdim: bottleneck of the confidence net (128, width nf).
+      vgg_weights: 'imagenet' (from a local file, see `VGGFeatures`) or
+        None (random, for tests).
+      triangle_chunk: triangles per step of the visibility pass.
+    """
+    super().__init__(name=name, **kwargs)
+    if image_size != 64:
+      raise ValueError(
+          f"image_size={image_size}: the paper's networks need 64x64 inputs.")
+    self.image_size = image_size
+    self.min_depth = float(min_depth)
+    self.max_depth = float(max_depth)
+    self.border_depth = float(0.7 * max_depth + 0.3 * min_depth
+                              if border_depth is None else border_depth)
+    self.xyz_rotation_range = float(xyz_rotation_range)
+    self.xy_translation_range = float(xy_translation_range)
+    self.z_translation_range = float(z_translation_range)
+    self.amb_light_range = tuple(float(v) for v in amb_light_range)
+    self.diff_light_range = tuple(float(v) for v in diff_light_range)
+    self.use_conf_map = bool(use_conf_map)
+    self.lam_perc = float(lam_perc)
+    self.lam_flip = float(lam_flip)
+    self.lam_depth_sm = float(lam_depth_sm)
+    self.renderer = renderer_lib.Renderer(
+        image_size=image_size, fov=fov, min_depth=min_depth,
+        max_depth=max_depth, rot_center_depth=rot_center_depth,
+        triangle_chunk=triangle_chunk)
+    self.net_depth = networks.EDDeconv(1, zdim=zdim, nf=nf, activation=None,
+                                       name="net_depth")
+    self.net_albedo = networks.EDDeconv(3, zdim=zdim, nf=nf,
+                                        activation="tanh", name="net_albedo")
+    self.net_light = networks.Encoder(4, nf=light_view_nf, name="net_light")
+    self.net_view = networks.Encoder(6, nf=light_view_nf, name="net_view")
+    self.net_conf = (networks.ConfNet(2, zdim=conf_zdim, nf=nf,
+                                      name="net_conf")
+                     if self.use_conf_map else None)
+    self.vgg = (networks.VGGFeatures(weights=vgg_weights)
+                if self.lam_perc > 0 else None)
+
+  def build(self, input_shape):
+    del input_shape  # Checked in call, with a clearer message than build's.
+    input_shape = (None, self.image_size, self.image_size, 3)
+    for net in (self.net_depth, self.net_albedo, self.net_light, self.net_view,
+                self.net_conf):
+      if net is not None:
+        net.build(input_shape)
+
+  def _check_images(self, images):
+    images = tf.convert_to_tensor(images)
+    s = self.image_size
+    if images.shape.rank != 4 or tuple(images.shape[1:]) != (s, s, 3):
+      raise ValueError(f"images must be [B, {s}, {s}, 3] RGB, got shape "
+                       f"{images.shape}.")
+    if images.dtype == tf.uint8:
+      return tf.cast(images, tf.float32) / 255.0
+    if not images.dtype.is_floating:
+      raise ValueError(f"images must be float in [0, 1] or uint8, got "
+                       f"{images.dtype}.")
+    return tf.cast(images, tf.float32)
+
+  def _canonical_depth(self, raw):
+    """Raw netD output `[B, S, S]` -> canonical depth with the fixed border."""
+    depth = raw - tf.reduce_mean(raw, axis=[1, 2], keepdims=True)
+    depth = _rescale(tf.tanh(depth), self.min_depth, self.max_depth)
+    s = self.image_size
+    border = tf.constant([1.0] * 2 + [0.0] * (s - 4) + [1.0] * 2)
+    return depth * (1.0 - border) + border * self.border_depth
+
+  def call(self, images, training=False):
+    with tf.name_scope("unsup3d"):
+      x = self._check_images(images) * 2.0 - 1.0
+      depth = self._canonical_depth(
+          self.net_depth(x, training=training)[..., 0])
+      outputs = self.reconstruct(depth, self.net_albedo(x, training=training),
+                                 self.net_light(x, training=training),
+                                 self.net_view(x, training=training))
+      if self.use_conf_map:
+        sigma_l1, sigma_perc = self.net_conf(x, training=training)
+        outputs["conf_sigma_l1"] = sigma_l1
+        outputs["conf_sigma_perc"] = sigma_perc
+      return outputs
+
+  def reconstruct(self, canon_depth, canon_albedo, light, view):
+    """Renders predicted factors into the input view (no weights involved).
+
+    Args:
+      canon_depth: `[B, S, S]` canonical depth in scene units.
+      canon_albedo: `[B, S, S, 3]` albedo in [-1, 1] (network range).
+      light: `[B, 4]` light encoder output in [-1, 1].
+      view: `[B, 6]` view encoder output in [-1, 1].
+
+    Returns:
+      The output dict of `call` without the confidence maps.
+    """
+    with tf.name_scope("reconstruct"):
+      batch = tf.shape(canon_depth)[0]
+      # The mirrored branch shares light and view (DESIGN section 3, step 3).
+      depth2 = tf.concat([canon_depth, _flip(canon_depth)], axis=0)
+      albedo2 = tf.concat([canon_albedo, _flip(canon_albedo)], axis=0)
+      light2 = tf.tile(light, [2, 1])
+      view_raw2 = tf.tile(view, [2, 1])
+
+      ambient = _rescale(light2[:, 0], *self.amb_light_range)
+      diffuse = _rescale(light2[:, 1], *self.diff_light_range)
+      light_dir = shading.light_direction(light2[:, 2:])
+      normal = self.renderer.normals_from_depth(depth2)
+      diffuse_shading = shading.diffuse_shading(
+          normal, light_dir, self.renderer.view_directions(depth2))
+      shading_map = (ambient[:, None, None, None] +
+                     diffuse[:, None, None, None] * diffuse_shading)
+      canon_image = (albedo2 + 1.0) / 2.0 * shading_map * 2.0 - 1.0
+
+      view2 = tf.concat([
+          view_raw2[:, :3] * (math.pi / 180.0 * self.xyz_rotation_range),
+          view_raw2[:, 3:5] * self.xy_translation_range,
+          view_raw2[:, 5:] * self.z_translation_range], axis=-1)
+      recon_depth = self.renderer.warp_canon_depth(depth2, view2)
+      grid = self.renderer.inverse_warp_grid(recon_depth, view2)
+      recon_image = sampling.bilinear_sample(canon_image, grid)
+      valid = tf.cast(recon_depth < self.renderer.far_depth, tf.float32)
+      recon_mask = tf.stop_gradient(valid[:batch] * valid[batch:])
+      recon_image = recon_image * tf.tile(recon_mask, [2, 1, 1])[..., None]
+
+      to01 = lambda t: (t + 1.0) / 2.0
+      return {
+          "canon_depth": canon_depth,
+          "canon_albedo": to01(canon_albedo),
+          "canon_normal": normal[:batch],
+          "canon_diffuse_shading": diffuse_shading[:batch],
+          "canon_image": to01(canon_image[:batch]),
+          "light": tf.concat([tf.stack([ambient[:batch], diffuse[:batch]], -1),
+                              light[:, 2:]], axis=-1),
+          "light_direction": light_dir[:batch],
+          "view": view2[:batch],
+          "recon_image": to01(recon_image[:batch]),
+          "recon_image_flip": to01(recon_image[batch:]),
+          "recon_depth": recon_depth[:batch],
+          "recon_depth_flip": recon_depth[batch:],
+          "recon_mask": recon_mask,
+      }
+
+  def compute_losses(self, images, outputs, lam_flip=None):
+    """The paper's training objective (DESIGN section 1).
+
+    Args:
+      images: the `[B, S, S, 3]` inputs given to the model, in [0, 1].
+      outputs: the dict returned by `model(images)`.
+      lam_flip: overrides the model's lam_flip (e.g. before the flip loss
+        is switched on).
+
+    Returns:
+      Dict of scalars: `total`, `photometric`, `photometric_flip` and, when
+      enabled, `perceptual`, `perceptual_flip`, `depth_smoothness`. The
+      photometric terms compare images in [-1, 1] like the paper.
+    """
+    with tf.name_scope("compute_losses"):
+      lam_flip = self.lam_flip if lam_flip is None else lam_flip
+      x = self._check_images(images) * 2.0 - 1.0
+      recon = outputs["recon_image"] * 2.0 - 1.0
+      recon_flip = outputs["recon_image_flip"] * 2.0 - 1.0
+      mask = outputs["recon_mask"]
+      sigma = outputs.get("conf_sigma_l1")
+      sigma_perc = outputs.get("conf_sigma_perc")
+      pick = lambda s, i: None if s is None else s[..., i:i + 1]
+      terms = {
+          "photometric": losses.photometric_loss(recon, x, mask, pick(sigma, 0)),
+          "photometric_flip": losses.photometric_loss(recon_flip, x, mask,
+                                                      pick(sigma, 1)),
+      }
+      total = terms["photometric"] + lam_flip * terms["photometric_flip"]
+      if self.vgg is not None:
+        batch = tf.shape(x)[0]
+        features = self.vgg(tf.concat([recon, recon_flip, x], axis=0))
+        f_recon, f_flip, f_x = (features[:batch], features[batch:2 * batch],
+                                features[2 * batch:])
+        terms["perceptual"] = losses.perceptual_loss(
+            f_recon, f_x, mask, pick(sigma_perc, 0))
+        terms["perceptual_flip"] = losses.perceptual_loss(
+            f_flip, f_x, mask, pick(sigma_perc, 1))
+        total += self.lam_perc * (terms["perceptual"] +
+                                  lam_flip * terms["perceptual_flip"])
+      if self.lam_depth_sm > 0:
+        terms["depth_smoothness"] = losses.depth_smoothness(
+            outputs["canon_depth"], self.min_depth, self.max_depth)
+        total += self.lam_depth_sm * terms["depth_smoothness"]
+      terms["total"] = total
+      return terms
