@@ -47,16 +47,21 @@ def _module_name(path):
   return module[:-len(".__init__")] if module.endswith(".__init__") else module
 
 
-def _project_imports(path):
-  """Project modules imported by the file at `path` (relative to ROOT)."""
+def _project_imports(path, modules):
+  """Project modules imported by the file at `path` (relative to ROOT).
+
+  `from pkg import name` counts as importing pkg.name when that is a module
+  in `modules`, and as importing pkg otherwise.
+  """
   tree = ast.parse((ROOT / path).read_text())
   names = set()
   for node in ast.walk(tree):
     if isinstance(node, ast.Import):
       names.update(alias.name for alias in node.names)
     elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-      names.add(node.module)
-      names.update(f"{node.module}.{alias.name}" for alias in node.names)
+      for alias in node.names:
+        full = f"{node.module}.{alias.name}"
+        names.add(full if full in modules else node.module)
   return {n for n in names if n.split(".")[0] in PACKAGES}
 
 
@@ -101,10 +106,9 @@ def test_deps_cover_the_imports_each_file_makes():
   for name, target in targets.items():
     direct = {d.split(":")[-1] for d in target["deps"] if not d.startswith("@")}
     for src in target["srcs"]:
-      for module in _project_imports(src):
+      for module in _project_imports(src, module_owner):
         owner = module_owner.get(module)
-        if owner is None:  # `from pkg import name` where name is not a module.
-          continue
+        assert owner is not None, f"{src} imports {module}, not in BUILD"
         assert owner == name or owner in direct, (
             f"{src} imports {module} (target {owner!r}) but target "
             f"{name!r} does not depend on it")
