@@ -8,6 +8,8 @@ against the imports each source file actually makes.
 import ast
 import pathlib
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGES = ("tf_unsup3d", "export", "tests", "benchmarks")
 
@@ -149,3 +151,20 @@ def test_third_party_imports_have_requirement_deps():
         assert _THIRD_PARTY[module] in declared, (
             f"{src} imports {module}; target {name!r} needs "
             f"requirement(\"{_THIRD_PARTY[module]}\") in its deps")
+
+
+def test_requirements_are_pinned_in_the_lock_file():
+  lock = (ROOT / "requirements_lock.txt").read_text().lower()
+  pinned = {line.split("==")[0].strip().replace("_", "-")
+            for line in lock.splitlines() if "==" in line}
+  for name, target in _load_targets().items():
+    for dep in target["deps"]:
+      if dep.startswith("@pip//"):
+        package = dep[len("@pip//"):]
+        assert package in pinned, (
+            f"target {name!r} needs {package}, which requirements_lock.txt "
+            "does not pin")
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__]))

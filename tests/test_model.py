@@ -198,7 +198,7 @@ def test_forward_backward_compile_and_match_eager(jit_compile):
   assert float(total) == pytest.approx(float(eager_total), rel=1e-4)
   for g, e in zip(grads, eager_grads):
     np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-2,
-                               atol=1e-4 * float(tf.reduce_max(tf.abs(e))))
+                               atol=1e-3 * float(tf.reduce_max(tf.abs(e))))
 
 
 def test_import_leaves_tensorflow_addons_out():
@@ -208,3 +208,7 @@ def test_import_leaves_tensorflow_addons_out():
   result = subprocess.run([sys.executable, "-c", code], capture_output=True,
                           text=True, check=True)
   assert result.stdout.split()[-2:] == ["False", "False"]
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__]))

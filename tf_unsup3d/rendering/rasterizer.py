@@ -21,6 +21,9 @@ from tf_unsup3d.rendering import camera
 # Normalised-barycentric tolerance of the inside test. Shared edges pass
 # through pixel centres on grid meshes; without slack, rounding leaves cracks.
 INSIDE_TOLERANCE = 1e-5
+# Bounding boxes grow by this many pixels so that every pixel the tolerant
+# inside test can accept is a candidate (1e-5 of a 64-pixel-wide triangle).
+_BBOX_SLACK = 1e-3
 
 
 def grid_faces(height, width):
@@ -71,23 +74,141 @@ def _plane_coefficients(screen, faces):
   return tf.stack([c for row in coefficients for c in row], axis=0)
 
 
-def visible_triangles(screen, faces, height, width, triangle_chunk=128):
+def _pixel_spans(screen, faces, height, width):
+  """First candidate pixel and pixel count along x and y of each triangle.
+
+  Candidates are the pixel centres inside the triangle's bounding box (with
+  a little slack for the inside-test tolerance), clipped to the image.
+  Triangles with non-finite vertices get no candidates.
+
+  Returns:
+    Four `[B, T]` int32 tensors: x0, y0, span_x, span_y.
+  """
+  tri = tf.gather(screen, faces, axis=1)  # [B, T, 3, 3]
+  finite = tf.reduce_all(tf.math.is_finite(tri), axis=[-2, -1])
+  spans = []
+  for axis, size in ((0, width), (1, height)):
+    coords = tf.where(finite[..., None], tri[..., axis], 0.0)
+    low = tf.math.ceil(tf.reduce_min(coords, axis=-1) - _BBOX_SLACK)
+    high = tf.math.floor(tf.reduce_max(coords, axis=-1) + _BBOX_SLACK)
+    low = tf.cast(tf.clip_by_value(low, 0.0, size), tf.int32)
+    high = tf.cast(tf.clip_by_value(high, -1.0, size - 1.0), tf.int32)
+    span = tf.where(finite, tf.maximum(high - low + 1, 0), 0)
+    spans.append((low, span))
+  (x0, span_x), (y0, span_y) = spans
+  return x0, y0, span_x, span_y
+
+
+def _window_candidates(coef, x0, y0, triangle_ids, window, height, width):
+  """Scores every pixel of a `window` x `window` box per triangle.
+
+  Args:
+    coef: `[12, B, N]` plane coefficients (centred pixel coordinates).
+    x0, y0: `[B, N]` top-left candidate pixel per triangle.
+    triangle_ids: `[B, N]` the triangles' indices.
+    window: box side in pixels.
+
+  Returns:
+    Flat `[B N window^2]` tensors: 1/z score (-1 where not inside), triangle
+    id and pixel index b * H * W + y * W + x.
+  """
+  offsets = tf.range(window * window, dtype=tf.int32)
+  px = x0[..., None] + offsets % window  # [B, N, K^2]
+  py = y0[..., None] + offsets // window
+  in_image = (px < width) & (py < height)
+  x = tf.cast(px, tf.float32) - (width - 1) / 2.0
+  y = tf.cast(py, tf.float32) - (height - 1) / 2.0
+  c = coef[..., None]  # [12, B, N, 1]
+  planes = [c[3 * k] * x + c[3 * k + 1] * y + c[3 * k + 2]
+            for k in range(4)]
+  inside = tf.minimum(tf.minimum(planes[0], planes[1]), planes[2])
+  inside = (inside >= -INSIDE_TOLERANCE) & in_image
+  score = tf.where(inside, planes[3], -1.0)
+  batch = tf.shape(px)[0]
+  image_index = tf.range(batch, dtype=tf.int32)[:, None, None]
+  pixel = (image_index * height + tf.minimum(py, height - 1)) * width
+  pixel += tf.minimum(px, width - 1)
+  ids = tf.broadcast_to(triangle_ids[..., None], tf.shape(px))
+  return (tf.reshape(score, [-1]), tf.reshape(ids, [-1]),
+          tf.reshape(pixel, [-1]))
+
+
+def _zbuffer_from_candidates(candidates, num_pixels):
+  """Per pixel: the largest 1/z and, among equal ones, the smallest triangle.
+
+  A z-buffer through segment reductions over (score, id, pixel) triples.
+  """
+  score, ids, pixel = (tf.concat(parts, axis=0) for parts in zip(*candidates))
+  best = tf.math.unsorted_segment_max(score, pixel, num_pixels)
+  winners = (score > 0.0) & (score >= tf.gather(best, pixel))
+  best_id = tf.math.unsorted_segment_min(
+      tf.where(winners, ids, tf.int32.max), pixel, num_pixels)
+  return best, best_id
+
+
+def _zbuffer_dense(coef, height, width, triangle_chunk):
+  """The same z-buffer over every (pixel, triangle) pair, chunk by chunk."""
+  batch, num_faces = tf.shape(coef)[1], coef.shape[2]
+  num_chunks = max(1, math.ceil(num_faces / triangle_chunk))
+  padding = num_chunks * triangle_chunk - num_faces
+  # Padding triangles get b0 = -1 everywhere: never inside.
+  pad = tf.one_hot(2, 12, on_value=-1.0, off_value=0.0)[:, None, None]
+  coef = tf.concat([coef, tf.tile(pad, [1, batch, padding])], axis=2)
+  coef = tf.reshape(coef, [12, batch, num_chunks, triangle_chunk])
+  coef = tf.transpose(coef, [2, 0, 1, 3])  # [chunks, 12, B, Tc]
+  center = tf.constant([(width - 1) / 2.0, (height - 1) / 2.0])
+  pixels = tf.reshape(camera.pixel_grid(height, width) - center, [-1, 2])
+  x = pixels[None, :, None, 0]  # [1, P, 1]
+  y = pixels[None, :, None, 1]
+
+  def body(i, best_inv_z, best_id):
+    c = coef[i][:, :, None, :]  # [12, B, 1, Tc]
+    planes = [c[3 * k] * x + c[3 * k + 1] * y + c[3 * k + 2] for k in range(4)]
+    inside = tf.minimum(tf.minimum(planes[0], planes[1]), planes[2])
+    inside = inside >= -INSIDE_TOLERANCE
+    score = tf.where(inside, planes[3], -1.0)  # [B, P, Tc]; 1/z > 0 inside
+    chunk_best = tf.reduce_max(score, axis=-1)
+    ids = i * triangle_chunk + tf.range(triangle_chunk, dtype=tf.int32)
+    winners = inside & (score >= chunk_best[..., None])
+    chunk_id = tf.reduce_min(tf.where(winners, ids, tf.int32.max), axis=-1)
+    better = chunk_best > best_inv_z  # strict: earlier chunks win ties
+    return (i + 1, tf.where(better, chunk_best, best_inv_z),
+            tf.where(better, chunk_id, best_id))
+
+  init = (tf.constant(0), tf.fill([batch, height * width], -1.0),
+          tf.zeros([batch, height * width], tf.int32))
+  _, best_inv_z, best_id = tf.while_loop(
+      lambda i, *_: i < num_chunks, body, init, parallel_iterations=1)
+  return tf.reshape(best_inv_z, [-1]), tf.reshape(best_id, [-1])
+
+
+def visible_triangles(screen, faces, height, width, triangle_chunk=128,
+                      windows=((6, None), (16, 2048), (None, 256))):
   """The nearest triangle at each pixel centre (the visibility pass).
 
-  Vectorised over the batch and over `triangle_chunk` triangles at a time
-  (a `tf.while_loop` over chunks with static shapes, so it runs under XLA).
   A pixel is covered by a triangle when its normalised barycentrics are all
   >= -INSIDE_TOLERANCE; among covering triangles the one with the largest
   perspective-correct 1/z wins, ties going to the smallest triangle index.
   Both winding orders are rendered (no culling). No gradient.
+
+  Static shapes throughout (it compiles under XLA), vectorised over the
+  batch and the triangles. Fast path, in tiers: `windows` lists
+  (box side in pixels, how many triangles per image); each tier tests the
+  pixels of a box of that side at the bounding box of that many triangles,
+  the ones with the largest boxes (None: every triangle; a None side: the
+  whole image). A segment-max z-buffer merges all candidates. Where some
+  image has more triangles wider than a tier's box than the next tier takes,
+  every (pixel, triangle) pair is tested instead, `triangle_chunk` triangles
+  at a time (O(H W T) per image). Both paths give the same answer.
 
   Args:
     screen: `[B, V, 3]` vertices as (u, v, z): pixel coordinates (pixel
       centres at integers) and camera depth z > 0.
     faces: `[T, 3]` int32 vertex indices.
     height, width: raster size in pixels (Python ints).
-    triangle_chunk: triangles per step; memory is ~16 B H W triangle_chunk
-      bytes.
+    triangle_chunk: triangles per step of the exhaustive path (memory
+      ~16 B H W triangle_chunk bytes).
+    windows: the fast path's tiers, box sides increasing.
 
   Returns:
     triangle_id: `[B, H, W]` int32, 0 where nothing is covered.
@@ -98,41 +219,35 @@ def visible_triangles(screen, faces, height, width, triangle_chunk=128):
     faces = tf.convert_to_tensor(faces, tf.int32)
     if screen.shape.rank != 3 or screen.shape[-1] != 3:
       raise ValueError(f"screen must be [B, V, 3], got {screen.shape}.")
+    batch = tf.shape(screen)[0]
     num_faces = faces.shape[0]
-    num_chunks = max(1, math.ceil(num_faces / triangle_chunk))
-    padding = num_chunks * triangle_chunk - num_faces
-    # Padding triangles repeat vertex 0: zero area, never inside.
-    faces = tf.pad(faces, [[0, padding], [0, 0]])
-    # Centre the screen on the image so coefficients stay small.
+    num_pixels = batch * height * width
+    # Centre the screen on the image so the coefficients stay small.
     center = tf.constant([(width - 1) / 2.0, (height - 1) / 2.0, 0.0])
-    coef = _plane_coefficients(screen - center, faces)  # [12, B, Tp]
-    batch = tf.shape(coef)[1]
-    coef = tf.reshape(coef, [12, batch, num_chunks, triangle_chunk])
-    coef = tf.transpose(coef, [2, 0, 1, 3])  # [chunks, 12, B, Tc]
-    pixels = tf.reshape(camera.pixel_grid(height, width) - center[:2], [-1, 2])
-    x = pixels[None, :, None, 0]  # [1, P, 1]
-    y = pixels[None, :, None, 1]
-    num_pixels = height * width
-    big = tf.int32.max
+    coef = _plane_coefficients(screen - center, faces)  # [12, B, T]
+    x0, y0, span_x, span_y = _pixel_spans(screen, faces, height, width)
+    size = tf.maximum(span_x, span_y)  # <= max(H, W): spans are clipped.
+    tiers = [(side or max(height, width), min(count or num_faces, num_faces))
+             for side, count in windows]
+    too_many = tf.constant(tiers[-1][0] < max(height, width))
+    for (side, _), (_, next_count) in zip(tiers[:-1], tiers[1:]):
+      wider = tf.reduce_sum(tf.cast(size > side, tf.int32), axis=1)
+      too_many |= tf.reduce_any(wider > next_count)
 
-    def body(i, best_inv_z, best_id):
-      c = coef[i][:, :, None, :]  # [12, B, 1, Tc]
-      planes = [c[3 * k] * x + c[3 * k + 1] * y + c[3 * k + 2] for k in range(4)]
-      inside = tf.minimum(tf.minimum(planes[0], planes[1]), planes[2])
-      inside = inside >= -INSIDE_TOLERANCE
-      score = tf.where(inside, planes[3], -1.0)  # [B, P, Tc]; 1/z > 0 inside
-      chunk_best = tf.reduce_max(score, axis=-1)
-      ids = i * triangle_chunk + tf.range(triangle_chunk, dtype=tf.int32)
-      winners = inside & (score >= chunk_best[..., None])
-      chunk_id = tf.reduce_min(tf.where(winners, ids, big), axis=-1)
-      better = chunk_best > best_inv_z  # strict: earlier chunks win ties
-      return (i + 1, tf.where(better, chunk_best, best_inv_z),
-              tf.where(better, chunk_id, best_id))
+    def windowed():
+      candidates = []
+      for side, count in tiers:
+        ids = tf.math.top_k(size, k=count, sorted=False).indices
+        pick = lambda t, ids=ids: tf.gather(t, ids, axis=-1, batch_dims=1)
+        tier_coef = tf.transpose(pick(tf.transpose(coef, [1, 0, 2])),
+                                 [1, 0, 2])
+        candidates.append(_window_candidates(
+            tier_coef, pick(x0), pick(y0), ids, side, height, width))
+      return _zbuffer_from_candidates(candidates, num_pixels)
 
-    init = (tf.constant(0), tf.fill([batch, num_pixels], -1.0),
-            tf.zeros([batch, num_pixels], tf.int32))
-    _, best_inv_z, best_id = tf.while_loop(
-        lambda i, *_: i < num_chunks, body, init, parallel_iterations=1)
+    best_inv_z, best_id = tf.cond(
+        too_many, lambda: _zbuffer_dense(coef, height, width, triangle_chunk),
+        windowed)
     covered = tf.reshape(best_inv_z > 0.0, [batch, height, width])
     triangle_id = tf.reshape(best_id, [batch, height, width])
     return tf.where(covered, triangle_id, 0), covered
