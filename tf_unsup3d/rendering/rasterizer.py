@@ -21,6 +21,8 @@ from tf_unsup3d.rendering import camera
 # Normalised-barycentric tolerance of the inside test. Shared edges pass
 # through pixel centres on grid meshes; without slack, rounding leaves cracks.
 INSIDE_TOLERANCE = 1e-5
+# Tiers of the fast visibility path: (box side, triangles per image).
+DEFAULT_WINDOWS = ((6, None), (16, 2048), (None, 256))
 # Bounding boxes grow by this many pixels so that every pixel the tolerant
 # inside test can accept is a candidate (1e-5 of a 64-pixel-wide triangle).
 _BBOX_SLACK = 1e-3
@@ -183,7 +185,7 @@ def _zbuffer_dense(coef, height, width, triangle_chunk):
 
 
 def visible_triangles(screen, faces, height, width, triangle_chunk=128,
-                      windows=((6, None), (16, 2048), (None, 256))):
+                      windows=DEFAULT_WINDOWS):
   """The nearest triangle at each pixel centre (the visibility pass).
 
   A pixel is covered by a triangle when its normalised barycentrics are all
@@ -254,7 +256,8 @@ def visible_triangles(screen, faces, height, width, triangle_chunk=128,
 
 
 def rasterize_depth(points, faces, focal, principal_point, height, width,
-                    background_depth, triangle_chunk=128):
+                    background_depth, triangle_chunk=128,
+                    windows=DEFAULT_WINDOWS):
   """Renders the camera depth of a mesh, differentiable w.r.t. its vertices.
 
   Args:
@@ -263,7 +266,7 @@ def rasterize_depth(points, faces, focal, principal_point, height, width,
     focal, principal_point: intrinsics in pixels.
     height, width: output size in pixels (Python ints).
     background_depth: depth written where no triangle is visible.
-    triangle_chunk: see `visible_triangles`.
+    triangle_chunk, windows: see `visible_triangles`.
 
   Returns:
     depth: `[B, H, W]` nearest surface depth, `background_depth` elsewhere.
@@ -275,7 +278,7 @@ def rasterize_depth(points, faces, focal, principal_point, height, width,
     screen = tf.concat(
         [camera.project(points, focal, principal_point), points[..., 2:]], -1)
     triangle_id, covered = visible_triangles(
-        screen, faces, height, width, triangle_chunk)
+        screen, faces, height, width, triangle_chunk, windows)
     batch = tf.shape(points)[0]
     mask = tf.cast(covered, tf.float32)[..., None]
     framebuffer = fb_lib.Framebuffer(
