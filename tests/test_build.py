@@ -120,6 +120,7 @@ def test_deps_cover_the_imports_each_file_makes():
 _THIRD_PARTY = {
     "absl": "absl-py",
     "gin": "gin-config",
+    "h5py": "h5py",
     "keras": "keras",
     "keras_cv": "keras-cv",
     "numpy": "numpy",

@@ -1,0 +1,141 @@
+"""Losses on hand-computed cases and brute-force NumPy loops."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_unsup3d import losses
+
+EPS = 1e-7
+
+
+def t(x):
+  return tf.constant(np.asarray(x, np.float32))
+
+
+def test_photometric_hand_computed():
+  im1 = t([[[[0.5], [1.0]], [[-1.0], [0.0]]]])  # 1x2x2x1
+  im2 = t([[[[0.0], [0.0]], [[0.0], [0.0]]]])
+  assert float(losses.photometric_loss(im1, im2)) == pytest.approx(
+      (0.5 + 1.0 + 1.0 + 0.0) / 4)
+  mask = t([[[1.0, 0.0], [1.0, 0.0]]])
+  assert float(losses.photometric_loss(im1, im2, mask)) == pytest.approx(
+      (0.5 + 1.0) / 2)
+  sigma = t([[[[2.0], [1.0]], [[0.5], [1.0]]]])
+  expected = ((0.5 * math.sqrt(2) / 2 + math.log(2)) +
+              (1.0 * math.sqrt(2) / 0.5 + math.log(0.5))) / 2
+  got = losses.photometric_loss(im1, im2, mask, sigma)
+  assert float(got) == pytest.approx(expected, rel=1e-5)
+
+
+def test_perceptual_hand_computed():
+  f1 = t([[[[1.0, 2.0]]]])  # 1x1x1x2 features
+  f2 = t([[[[0.0, 0.0]]]])
+  assert float(losses.perceptual_loss(f1, f2)) == pytest.approx((1 + 4) / 2)
+  sigma = t([[[[2.0]]]])
+  expected = ((1 / 8 + math.log(2)) + (4 / 8 + math.log(2))) / 2
+  mask = t([[[1.0, 0.0], [1.0, 1.0]]])  # pools to 0.75
+  got = losses.perceptual_loss(f1, f2, mask, sigma)
+  assert float(got) == pytest.approx(expected, rel=1e-5)  # ratio: 0.75 cancels
+
+
+def numpy_photometric(im1, im2, mask, sigma):
+  total, count = 0.0, 0.0
+  for index in np.ndindex(im1.shape):
+    b, i, j, _ = index
+    e = abs(im1[index] - im2[index])
+    if sigma is not None:
+      s = sigma[b, i, j, 0]
+      e = e * math.sqrt(2) / (s + EPS) + math.log(s + EPS)
+    m = 1.0 if mask is None else mask[b, i, j]
+    total += e * m
+    count += m
+  return total / count
+
+
+def numpy_perceptual(f1, f2, mask, sigma):
+  b_, h, w, _ = f1.shape
+  if mask is not None:
+    kh, kw = mask.shape[1] // h, mask.shape[2] // w
+    pooled = np.zeros((b_, h, w))
+    for b, i, j in np.ndindex(b_, h, w):
+      pooled[b, i, j] = mask[b, i * kh:(i + 1) * kh, j * kw:(j + 1) * kw].mean()
+  total, count = 0.0, 0.0
+  for index in np.ndindex(f1.shape):
+    b, i, j, _ = index
+    e = (f1[index] - f2[index]) ** 2
+    if sigma is not None:
+      s = sigma[b, i, j, 0]
+      e = e / (2 * s * s + EPS) + math.log(s + EPS)
+    m = 1.0 if mask is None else pooled[b, i, j]
+    total += e * m
+    count += m
+  return total / count
+
+
+@pytest.mark.parametrize("use_mask", [False, True])
+@pytest.mark.parametrize("use_sigma", [False, True])
+def test_against_numpy_loops(use_mask, use_sigma):
+  rng = np.random.default_rng(0)
+  im1, im2 = rng.uniform(-1, 1, (2, 2, 8, 8, 3))
+  mask = (rng.uniform(size=(2, 8, 8)) > 0.3).astype(np.float32)
+  sigma = rng.uniform(0.2, 2, (2, 8, 8, 1))
+  f1, f2 = rng.normal(size=(2, 2, 2, 2, 5))
+  fsigma = rng.uniform(0.2, 2, (2, 2, 2, 1))
+  args = [mask if use_mask else None, sigma if use_sigma else None]
+  got = losses.photometric_loss(t(im1), t(im2), *[None if a is None else t(a)
+                                                   for a in args])
+  assert float(got) == pytest.approx(numpy_photometric(im1, im2, *args),
+                                     rel=1e-5)
+  fargs = [mask if use_mask else None, fsigma if use_sigma else None]
+  got = losses.perceptual_loss(t(f1), t(f2), *[None if a is None else t(a)
+                                               for a in fargs])
+  assert float(got) == pytest.approx(numpy_perceptual(f1, f2, *fargs),
+                                     rel=1e-5)
+
+
+def test_sums_of_half_batches_give_the_full_batch_loss():
+  """Ratio of sums: what replicas must all-reduce to agree with one device."""
+  rng = np.random.default_rng(1)
+  im1, im2 = (t(rng.uniform(-1, 1, (4, 6, 6, 3))) for _ in range(2))
+  mask = t((rng.uniform(size=(4, 6, 6)) > 0.5))
+  sigma = t(rng.uniform(0.5, 1.5, (4, 6, 6, 1)))
+  full = losses.photometric_loss(im1, im2, mask, sigma)
+  parts = [losses.photometric_loss_sums(im1[s], im2[s], mask[s], sigma[s])
+           for s in (slice(0, 1), slice(1, 4))]
+  numerator = sum(float(p[0]) for p in parts)
+  denominator = sum(float(p[1]) for p in parts)
+  assert numerator / denominator == pytest.approx(float(full), rel=1e-5)
+  # A mean of per-half means would differ: the halves have unequal masks.
+  halves = [float(p[0] / p[1]) for p in parts]
+  assert np.mean(halves) != pytest.approx(float(full), rel=1e-4)
+
+
+def test_depth_smoothness_of_ramp_and_constant():
+  ramp = np.tile(np.arange(5, dtype=np.float32) * 0.01, (1, 4, 1))  # along x
+  got = losses.depth_smoothness(t(ramp), 0.9, 1.1)
+  assert float(got) == pytest.approx(0.01 / 0.2)  # vertical term is 0
+  assert float(losses.depth_smoothness(tf.ones([2, 4, 4]), 0.9, 1.1)) == 0.0
+
+
+def test_rank_errors_name_the_argument():
+  with pytest.raises(ValueError, match="mask"):
+    losses.photometric_loss(tf.zeros([1, 2, 2, 3]), tf.zeros([1, 2, 2, 3]),
+                            tf.zeros([1, 2, 2, 1]))
+  with pytest.raises(ValueError, match="depth"):
+    losses.depth_smoothness(tf.zeros([4, 4]), 0.9, 1.1)
+
+
+def test_xla_equals_eager():
+  rng = np.random.default_rng(2)
+  args = (t(rng.normal(size=(2, 4, 4, 6))), t(rng.normal(size=(2, 4, 4, 6))),
+          t(rng.uniform(size=(2, 16, 16)) > 0.5), t(rng.uniform(0.5, 1, (2, 4, 4, 1))))
+  eager = losses.perceptual_loss(*args)
+  compiled = tf.function(losses.perceptual_loss, jit_compile=True)(*args)
+  assert float(compiled) == pytest.approx(float(eager), rel=1e-5)
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__]))
