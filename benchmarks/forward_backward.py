@@ -7,8 +7,10 @@ Times, after one warm-up call, the median of `--steps` calls of:
     with XLA when --xla), the number the issue asks for;
   * baseline, networks only: the same five networks' forward + backward
     on a plain L1 loss, no rendering (the reference point for the ratio);
-  * visibility + depth raster only: `Renderer.warp_canon_depth` forward on
-    the 2B depth maps of a batch (the pure-TF z-buffer + TFG barycentrics).
+  * depth raster only: `Renderer.warp_canon_depth` forward on the 2B depth
+    maps of a batch (the pure-TF z-buffer + TFG barycentrics), for smooth
+    depth (the visibility pass's windowed fast path) and for per-pixel noise
+    depth at the same views (long thin triangles: the exhaustive path).
 The VGG16 of the perceptual loss runs with random weights: same cost.
 """
 
@@ -66,9 +68,14 @@ def main(argv):
       total = tf.add_n([tf.reduce_mean(tf.abs(o)) for o in outputs])
     return total, tape.gradient(total, variables)
 
-  depth = model.renderer.min_depth + 0.2 * tf.constant(
-      rng.uniform(0, 1, (2 * batch, 64, 64)), tf.float32)
-  view = tf.constant(rng.uniform(-0.3, 0.3, (2 * batch, 6)), tf.float32)
+  smooth = tf.image.resize(rng.normal(size=(2 * batch, 6, 6, 1)), [64, 64],
+                           method="bicubic")[..., 0]
+  smooth_depth = tf.cast(1.0 + 0.05 * tf.tanh(smooth), tf.float32)
+  noise_depth = tf.constant(rng.uniform(0.9, 1.1, (2 * batch, 64, 64)),
+                            tf.float32)
+  view = tf.constant(np.concatenate(
+      [rng.uniform(-1.0, 1.0, (2 * batch, 3)),
+       rng.uniform(-0.1, 0.1, (2 * batch, 3))], axis=1), tf.float32)
 
   rows = []
   graph_full = tf.function(full_step)
@@ -82,8 +89,10 @@ def main(argv):
   base = _median_seconds(lambda: baseline(images), _STEPS.value)
   rows.append(("baseline: networks only, graph", base))
   raster = tf.function(model.renderer.warp_canon_depth)
-  rows.append(("depth raster fwd (2B maps), graph", _median_seconds(
-      lambda: raster(depth, view), _STEPS.value)))
+  rows.append(("depth raster, smooth depth, graph", _median_seconds(
+      lambda: raster(smooth_depth, view), _STEPS.value)))
+  rows.append(("depth raster, noise depth, graph", _median_seconds(
+      lambda: raster(noise_depth, view), _STEPS.value)))
 
   print(f"\nbatch {batch} at 64x64, nf {_NF.value}, triangle_chunk "
         f"{_CHUNK.value}, {len(tf.config.list_logical_devices())} device(s): "

@@ -89,6 +89,7 @@ def render(points, size, **kwargs):
     (16, 2, {"triangle_chunk": 1000}),  # larger than the triangle count
     (16, 3, {"windows": ((6, None), (16, 1), (None, 1))}),  # forces fallback
     (16, 4, {"windows": ((2, None), (4, 64), (None, 64))}),
+    (16, 5, {"windows": ((3, None), (None, 450))}),  # two tiers, whole image
 ])
 def test_nearest_depth_matches_brute_force(size, seed, kwargs):
   """Same coverage and nearest depth at every unambiguous pixel (1e-5)."""

@@ -198,10 +198,11 @@ def visible_triangles(screen, faces, height, width, triangle_chunk=128,
   (box side in pixels, how many triangles per image); each tier tests the
   pixels of a box of that side at the bounding box of that many triangles,
   the ones with the largest boxes (None: every triangle; a None side: the
-  whole image). A segment-max z-buffer merges all candidates. Where some
-  image has more triangles wider than a tier's box than the next tier takes,
-  every (pixel, triangle) pair is tested instead, `triangle_chunk` triangles
-  at a time (O(H W T) per image). Both paths give the same answer.
+  whole image). A segment-max z-buffer merges all candidates. Only as many
+  tiers run as the batch's widest triangles need; where some image has more
+  triangles wider than a tier's box than the next tier takes, every
+  (pixel, triangle) pair is tested instead, `triangle_chunk` triangles at a
+  time (O(H W T) per image). All paths give the same answer.
 
   Args:
     screen: `[B, V, 3]` vertices as (u, v, z): pixel coordinates (pixel
@@ -231,14 +232,24 @@ def visible_triangles(screen, faces, height, width, triangle_chunk=128,
     size = tf.maximum(span_x, span_y)  # <= max(H, W): spans are clipped.
     tiers = [(side or max(height, width), min(count or num_faces, num_faces))
              for side, count in windows]
-    too_many = tf.constant(tiers[-1][0] < max(height, width))
-    for (side, _), (_, next_count) in zip(tiers[:-1], tiers[1:]):
-      wider = tf.reduce_sum(tf.cast(size > side, tf.int32), axis=1)
-      too_many |= tf.reduce_any(wider > next_count)
+    # Fewest tiers that take every triangle: tiers[:i + 1] suffice when no
+    # box is wider than tier i's and, for each j < i, the triangles wider
+    # than tier j's box fit in tier j + 1. Otherwise: the exhaustive path.
+    widest = tf.reduce_max(size)
+    fits_so_far = tf.constant(True)
+    usable = []
+    for i, (side, _) in enumerate(tiers):
+      usable.append(fits_so_far & (widest <= side))
+      if i + 1 < len(tiers):
+        wider = tf.reduce_sum(tf.cast(size > side, tf.int32), axis=1)
+        fits_so_far &= tf.reduce_all(wider <= tiers[i + 1][1])
+    branch = tf.reduce_min(tf.where(tf.stack(usable),
+                                    tf.range(len(tiers), dtype=tf.int32),
+                                    len(tiers)))
 
-    def windowed():
+    def windowed(num_tiers):
       candidates = []
-      for side, count in tiers:
+      for side, count in tiers[:num_tiers]:
         ids = tf.math.top_k(size, k=count, sorted=False).indices
         pick = lambda t, ids=ids: tf.gather(t, ids, axis=-1, batch_dims=1)
         tier_coef = tf.transpose(pick(tf.transpose(coef, [1, 0, 2])),
@@ -247,9 +258,10 @@ def visible_triangles(screen, faces, height, width, triangle_chunk=128,
             tier_coef, pick(x0), pick(y0), ids, side, height, width))
       return _zbuffer_from_candidates(candidates, num_pixels)
 
-    best_inv_z, best_id = tf.cond(
-        too_many, lambda: _zbuffer_dense(coef, height, width, triangle_chunk),
-        windowed)
+    branches = [lambda n=n: windowed(n) for n in range(1, len(tiers) + 1)]
+    branches.append(lambda: _zbuffer_dense(coef, height, width,
+                                           triangle_chunk))
+    best_inv_z, best_id = tf.switch_case(branch, branches)
     covered = tf.reshape(best_inv_z > 0.0, [batch, height, width])
     triangle_id = tf.reshape(best_id, [batch, height, width])
     return tf.where(covered, triangle_id, 0), covered
