@@ -2,6 +2,7 @@
 
 import inspect
 
+from absl import flags
 import gin
 
 
@@ -16,3 +17,18 @@ def keras_configurable(cls):
   cls = gin.configurable(cls)
   cls.__init__.__signature__ = signature
   return cls
+
+
+def gin_flags():
+  """The --gin_file and --gin_param flags, defined once for every CLI."""
+  if "gin_file" not in flags.FLAGS:
+    flags.DEFINE_multi_string("gin_file", [], "Gin config files.")
+    flags.DEFINE_multi_string("gin_param", [],
+                              "Gin bindings, e.g. 'train.num_epochs = 5'.")
+  return flags.FLAGS
+
+
+def parse_gin_flags():
+  """Parses the files and bindings given by `gin_flags`."""
+  gin.parse_config_files_and_bindings(flags.FLAGS.gin_file,
+                                      flags.FLAGS.gin_param)

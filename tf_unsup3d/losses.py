@@ -1,9 +1,9 @@
 """The paper's reconstruction losses as pure functions (DESIGN section 1).
 
 Masked means are ratios over the whole batch: the sum of masked errors over
-the sum of the mask. Each masked loss also has a `*_sums` form returning that
-numerator and denominator, so that replicas can all-reduce both and agree
-with a single device.
+the sum of the mask. Each loss also has a `*_sums` form returning that
+numerator and denominator, so that replicas can all-reduce the denominators
+and agree with a single device.
 """
 
 import math
@@ -94,15 +94,24 @@ def perceptual_loss(feat1, feat2, mask=None, conf_sigma=None):
   return numerator / denominator
 
 
+def depth_smoothness_sums(depth, min_depth, max_depth):
+  """`depth_smoothness` as (sum of per-image terms, number of images)."""
+  with tf.name_scope("depth_smoothness"):
+    _check_rank(depth, 3, "depth", "[B, H, W]")
+    scale = max_depth - min_depth
+    vertical = tf.reduce_mean(tf.abs(depth[:, :-1, :] - depth[:, 1:, :]),
+                              axis=[1, 2])
+    horizontal = tf.reduce_mean(tf.abs(depth[:, :, :-1] - depth[:, :, 1:]),
+                                axis=[1, 2])
+    count = tf.cast(tf.shape(depth)[0], depth.dtype)
+    return tf.reduce_sum(vertical + horizontal) / scale, count
+
+
 def depth_smoothness(depth, min_depth, max_depth):
   """Total-variation prior on depth `[B, H, W]`, normalised by the depth range.
 
   mean |d[:, :-1] - d[:, 1:]| + mean |d[:, :, :-1] - d[:, :, 1:]|, each
   divided by (max_depth - min_depth). Scalar >= 0.
   """
-  with tf.name_scope("depth_smoothness"):
-    _check_rank(depth, 3, "depth", "[B, H, W]")
-    scale = max_depth - min_depth
-    vertical = tf.reduce_mean(tf.abs(depth[:, :-1, :] - depth[:, 1:, :]))
-    horizontal = tf.reduce_mean(tf.abs(depth[:, :, :-1] - depth[:, :, 1:]))
-    return (vertical + horizontal) / scale
+  numerator, denominator = depth_smoothness_sums(depth, min_depth, max_depth)
+  return numerator / denominator

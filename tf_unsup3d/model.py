@@ -161,13 +161,14 @@ class Unsup3D(keras.Model):
   def call(self, images, training=False):
     with tf.name_scope("unsup3d"):
       x = self._check_images(images) * 2.0 - 1.0
-      depth = self._canonical_depth(
-          self.net_depth(x, training=training)[..., 0])
-      outputs = self.reconstruct(depth, self.net_albedo(x, training=training),
-                                 self.net_light(x, training=training),
-                                 self.net_view(x, training=training))
+      # Networks may compute in a mixed-precision policy; geometry is float32.
+      run = lambda net: tf.nest.map_structure(
+          lambda t: tf.cast(t, tf.float32), net(x, training=training))
+      depth = self._canonical_depth(run(self.net_depth)[..., 0])
+      outputs = self.reconstruct(depth, run(self.net_albedo),
+                                 run(self.net_light), run(self.net_view))
       if self.use_conf_map:
-        sigma_l1, sigma_perc = self.net_conf(x, training=training)
+        sigma_l1, sigma_perc = run(self.net_conf)
         outputs["conf_sigma_l1"] = sigma_l1
         outputs["conf_sigma_perc"] = sigma_perc
       return outputs
@@ -231,7 +232,8 @@ class Unsup3D(keras.Model):
           "recon_mask": recon_mask,
       }
 
-  def compute_losses(self, images, outputs, lam_flip=None):
+  def compute_losses(self, images, outputs, lam_flip=None,
+                     reduce_denominator=None):
     """The paper's training objective (DESIGN section 1).
 
     Args:
@@ -239,6 +241,10 @@ class Unsup3D(keras.Model):
       outputs: the dict returned by `model(images)`.
       lam_flip: overrides the model's lam_flip (e.g. before the flip loss
         is switched on).
+      reduce_denominator: optional function applied to each loss's
+        denominator (mask sum or count). Under a distribution strategy,
+        summing it across replicas makes each replica's loss its share of
+        the global-batch loss, so summed gradients equal one device's.
 
     Returns:
       Dict of scalars: `total`, `photometric`, `photometric_flip` and, when
@@ -247,6 +253,8 @@ class Unsup3D(keras.Model):
     """
     with tf.name_scope("compute_losses"):
       lam_flip = self.lam_flip if lam_flip is None else lam_flip
+      reduce_denominator = reduce_denominator or (lambda d: d)
+      ratio = lambda sums: sums[0] / reduce_denominator(sums[1])
       x = self._check_images(images) * 2.0 - 1.0
       recon = outputs["recon_image"] * 2.0 - 1.0
       recon_flip = outputs["recon_image_flip"] * 2.0 - 1.0
@@ -255,25 +263,27 @@ class Unsup3D(keras.Model):
       sigma_perc = outputs.get("conf_sigma_perc")
       pick = lambda s, i: None if s is None else s[..., i:i + 1]
       terms = {
-          "photometric": losses.photometric_loss(recon, x, mask, pick(sigma, 0)),
-          "photometric_flip": losses.photometric_loss(recon_flip, x, mask,
-                                                      pick(sigma, 1)),
+          "photometric": ratio(losses.photometric_loss_sums(
+              recon, x, mask, pick(sigma, 0))),
+          "photometric_flip": ratio(losses.photometric_loss_sums(
+              recon_flip, x, mask, pick(sigma, 1))),
       }
       total = terms["photometric"] + lam_flip * terms["photometric_flip"]
       if self.vgg is not None:
         batch = tf.shape(x)[0]
-        features = self.vgg(tf.concat([recon, recon_flip, x], axis=0))
+        features = tf.cast(self.vgg(tf.concat([recon, recon_flip, x], axis=0)),
+                           tf.float32)
         f_recon, f_flip, f_x = (features[:batch], features[batch:2 * batch],
                                 features[2 * batch:])
-        terms["perceptual"] = losses.perceptual_loss(
-            f_recon, f_x, mask, pick(sigma_perc, 0))
-        terms["perceptual_flip"] = losses.perceptual_loss(
-            f_flip, f_x, mask, pick(sigma_perc, 1))
+        terms["perceptual"] = ratio(losses.perceptual_loss_sums(
+            f_recon, f_x, mask, pick(sigma_perc, 0)))
+        terms["perceptual_flip"] = ratio(losses.perceptual_loss_sums(
+            f_flip, f_x, mask, pick(sigma_perc, 1)))
         total += self.lam_perc * (terms["perceptual"] +
                                   lam_flip * terms["perceptual_flip"])
       if self.lam_depth_sm > 0:
-        terms["depth_smoothness"] = losses.depth_smoothness(
-            outputs["canon_depth"], self.min_depth, self.max_depth)
+        terms["depth_smoothness"] = ratio(losses.depth_smoothness_sums(
+            outputs["canon_depth"], self.min_depth, self.max_depth))
         total += self.lam_depth_sm * terms["depth_smoothness"]
       terms["total"] = total
       return terms

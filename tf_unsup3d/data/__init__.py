@@ -1,0 +1,1 @@
+"""Input data: tf.data pipelines, TFRecord conversion and the synthetic dataset."""

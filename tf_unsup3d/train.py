@@ -1,0 +1,294 @@
+r"""Trains Unsup3D with a custom loop under tf.distribute.
+
+    python -m tf_unsup3d.train --gin_file=gin_configs/synthetic.gin \
+        [--gin_param='train.num_epochs = 5'] [--model_dir=runs/synthetic] \
+        [--strategy=mirrored|multi_worker|one_device]
+
+Resumes from the latest checkpoint in --model_dir. Writes TensorBoard logs
+(model_dir/train, model_dir/val), checkpoints (model_dir/checkpoints) and
+the final weights (model_dir/final.weights.h5).
+"""
+
+import os
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import gin
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_unsup3d import configurable
+from tf_unsup3d import evaluate as evaluate_lib
+from tf_unsup3d import model as model_lib
+from tf_unsup3d import summaries
+from tf_unsup3d.data import datasets
+
+configurable.gin_flags()
+_MODEL_DIR = flags.DEFINE_string(
+    "model_dir", None, "Checkpoints and logs; default runs/<first gin file>.")
+_STRATEGY = flags.DEFINE_enum(
+    "strategy", "mirrored", ["mirrored", "multi_worker", "one_device"],
+    "mirrored: all local GPUs (else the CPU); multi_worker: "
+    "MultiWorkerMirroredStrategy from TF_CONFIG; one_device: first device.")
+
+
+@gin.configurable(denylist=["output_dir"])
+def generate_synthetic(output_dir, num_train=10000, num_val=500, num_test=500,
+                       image_size=64, seed=0, max_yaw=30.0):
+  """Writes the synthetic paired dataset (`tf_unsup3d.data.synthetic`)."""
+  # Imported here: only the synthetic default needs the generator.
+  from tf_unsup3d.data import synthetic  # pylint: disable=g-import-not-at-top
+  synthetic.generate(output_dir, num_train, num_val, num_test,
+                     image_size=image_size, seed=seed, max_yaw=max_yaw)
+
+
+def make_strategy(name):
+  """The tf.distribute strategy for `--strategy`."""
+  if name == "mirrored":
+    return tf.distribute.MirroredStrategy()
+  if name == "multi_worker":
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  if name == "one_device":
+    gpus = tf.config.list_logical_devices("GPU")
+    return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+  raise ValueError(f"Unknown strategy {name!r}.")
+
+
+@gin.configurable(denylist=["model_dir", "strategy"])
+def train(model_dir, strategy, batch_size=64, num_epochs=30,
+          learning_rate=1e-4, weight_decay=5e-4, lam_flip_start_epoch=0,
+          jit_compile=False, mixed_precision=False, keep_checkpoints=3,
+          checkpoint_every_steps=1000, summary_every_steps=50,
+          image_summary_every_steps=500, max_steps=None,
+          generate_synthetic_data=False, seed=0):
+  """Runs training; returns the final summary dict.
+
+  Args:
+    model_dir: output directory (resumed from when it holds checkpoints).
+    strategy: a `tf.distribute.Strategy`.
+    batch_size: global batch size (64 in the paper).
+    num_epochs: passes over the training split.
+    learning_rate: Adam step size (1e-4); betas (0.9, 0.999), eps 1e-8.
+    weight_decay: L2 weight decay added to the gradient before Adam
+      (PyTorch's `weight_decay` semantics, not AdamW), 5e-4.
+    lam_flip_start_epoch: before this epoch the flip terms weigh 1, from it
+      on `Unsup3D.lam_flip` (the reference implementation's schedule).
+    jit_compile: compile each replica's step with XLA.
+    mixed_precision: run the networks in mixed bfloat16 (rendering and
+      losses stay float32).
+    keep_checkpoints: checkpoints kept on disk.
+    checkpoint_every_steps: also save within an epoch this often.
+    summary_every_steps, image_summary_every_steps: TensorBoard cadence.
+    max_steps: stop after this many steps in total (None: all epochs).
+    generate_synthetic_data: if the data directory has no train split,
+      generate the synthetic dataset there first (`synthetic.generate`).
+    seed: shuffling seed.
+  """
+  tf.random.set_seed(seed)
+  os.makedirs(model_dir, exist_ok=True)
+  data_dir = gin.query_parameter("make_dataset.data_dir")
+  if generate_synthetic_data and not os.path.isdir(
+      os.path.join(data_dir, "train")):
+    logging.info("No data in %s: generating the synthetic dataset.", data_dir)
+    generate_synthetic(data_dir)
+  if mixed_precision:
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+
+  _, train_info = datasets.make_dataset("train", training=True,
+                                        batch_size=batch_size,
+                                        check_cache_dir=model_dir)
+  steps_per_epoch = train_info["num_files"] - train_info["num_skipped"]
+  steps_per_epoch //= batch_size
+  if steps_per_epoch < 1:
+    raise datasets.DataError(
+        f"The train split has fewer usable images than one batch "
+        f"({batch_size}); lower train.batch_size.")
+  replica_batch = batch_size // strategy.num_replicas_in_sync
+  if replica_batch * strategy.num_replicas_in_sync != batch_size:
+    raise ValueError(f"batch_size {batch_size} does not split evenly over "
+                     f"{strategy.num_replicas_in_sync} replicas.")
+  train_data = strategy.distribute_datasets_from_function(
+      lambda ctx: datasets.make_dataset(
+          "train", training=True,
+          batch_size=ctx.get_per_replica_batch_size(batch_size),
+          check_cache_dir=model_dir, input_context=ctx, seed=seed)[0])
+  val_data, val_info = datasets.make_dataset("val", training=False,
+                                             batch_size=batch_size,
+                                             check_cache_dir=model_dir)
+
+  with strategy.scope():
+    model = model_lib.Unsup3D()
+    model.build((None, model.image_size, model.image_size, 3))
+    optimizer = keras.optimizers.Adam(learning_rate, beta_1=0.9, beta_2=0.999,
+                                      epsilon=1e-8)
+    optimizer.build(model.trainable_variables)
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
+                                   step=step, epoch=epoch)
+  manager = tf.train.CheckpointManager(
+      checkpoint, os.path.join(model_dir, "checkpoints"), keep_checkpoints)
+  if manager.latest_checkpoint:
+    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    logging.info("Resumed from %s at step %d, epoch %d.",
+                 manager.latest_checkpoint, int(step.numpy()), int(epoch.numpy()))
+    print(f"Resumed from {manager.latest_checkpoint} at step {int(step.numpy())}, "
+          f"epoch {int(epoch.numpy())}.")
+
+  variables = model.trainable_variables
+  num_replicas = strategy.num_replicas_in_sync
+
+  def replica_step(images, lam_flip):
+    context = tf.distribute.get_replica_context()
+    reduce = None
+    if num_replicas > 1:  # Ratios of sums over the global batch.
+      reduce = lambda d: context.all_reduce(tf.distribute.ReduceOp.SUM, d)
+    with tf.GradientTape() as tape:
+      outputs = model(images, training=True)
+      terms = model.compute_losses(images, outputs, lam_flip,
+                                   reduce_denominator=reduce)
+    grads = tape.gradient(terms["total"], variables)
+    # Gradients are summed over replicas, so each adds its share of the decay.
+    # Weights outside the loss (e.g. the perceptual confidence head when
+    # lam_perc = 0) get no gradient and, as in PyTorch's Adam, no update.
+    grads = [None if g is None else g + (weight_decay / num_replicas) * v
+             for g, v in zip(grads, variables)]
+    return terms, grads, outputs["view"], outputs["light"]
+
+  if jit_compile and num_replicas > 1:
+    # The cross-replica sum of the loss denominators sits inside the step,
+    # and a nested XLA function may not hold a synchronisation point.
+    logging.warning("jit_compile is applied with one replica only; running "
+                    "%d replicas without XLA.", num_replicas)
+  elif jit_compile:
+    replica_step = tf.function(replica_step, jit_compile=True)
+
+  def apply_step(batch, lam_flip):
+    terms, grads, view, light = replica_step(batch["image"], lam_flip)
+    optimizer.apply_gradients(
+        [(g, v) for g, v in zip(grads, variables) if g is not None])
+    return terms, view, light
+
+  @tf.function
+  def distributed_step(batch, lam_flip):
+    terms, view, light = strategy.run(apply_step, args=(batch, lam_flip))
+    terms = {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+             for k, v in terms.items()}
+    gather = lambda t: strategy.gather(t, axis=0)
+    return terms, gather(view), gather(light)
+
+  predict = tf.function(lambda x: model(x, training=False))
+  writer = tf.summary.create_file_writer(os.path.join(model_dir, "train"))
+  val_writer = tf.summary.create_file_writer(os.path.join(model_dir, "val"))
+  preview = next(iter(val_data))["image"][:8]
+  lam_flip_after = model.lam_flip
+  start_time, start_step = time.perf_counter(), int(step.numpy())
+  last_terms, val_scores = {}, {}
+  done = max_steps is not None and int(step.numpy()) >= max_steps
+  while int(epoch.numpy()) < num_epochs and not done:
+    lam_flip = tf.constant(1.0 if int(epoch.numpy()) < lam_flip_start_epoch
+                           else lam_flip_after)
+    print(f"Epoch {int(epoch.numpy()) + 1}/{num_epochs}")
+    progress = keras.utils.Progbar(steps_per_epoch,
+                                   stateful_metrics=["loss", "img/s"])
+    epoch_start = time.perf_counter()
+    # A resumed epoch skips the batches it had already trained on.
+    skip = int(step.numpy()) - int(epoch.numpy()) * steps_per_epoch
+    for i, batch in enumerate(train_data):
+      if i < skip:
+        continue
+      terms, view, light = distributed_step(batch, lam_flip)
+      step.assign_add(1)
+      current = int(step.numpy())
+      loss = float(terms["total"])
+      if not np.isfinite(loss):
+        raise FloatingPointError(
+            f"Loss became {loss} at step {current}; the last good checkpoint "
+            f"is {manager.latest_checkpoint}. Lower train.learning_rate or "
+            "check the data.")
+      rate = (i + 1 - skip) * batch_size / (time.perf_counter() - epoch_start)
+      progress.update(i + 1, [("loss", loss), ("img/s", rate)])
+      last_terms = {k: float(v) for k, v in terms.items()}
+      if current % summary_every_steps == 0:
+        with writer.as_default(step=current):
+          for key, value in last_terms.items():
+            tf.summary.scalar(f"loss/{key}", value)
+          tf.summary.scalar("images_per_second", rate)
+          tf.summary.histogram("view/rotation_deg", view[:, :3] * 180 / np.pi)
+          tf.summary.histogram("view/translation", view[:, 3:])
+          tf.summary.histogram("light/ambient_diffuse", light[:, :2])
+          tf.summary.histogram("light/direction_dxdy", light[:, 2:])
+      if current % image_summary_every_steps == 0:
+        summaries.write_images(writer, model, predict, preview, current)
+      if current % checkpoint_every_steps == 0:
+        manager.save(checkpoint_number=current)
+      if max_steps is not None and current >= max_steps:
+        done = True
+        break
+    if not done:
+      epoch.assign_add(1)
+      val_scores = validate(model, predict, val_data, val_writer,
+                            int(step.numpy()))
+      manager.save(checkpoint_number=int(step.numpy()))
+  manager.save(checkpoint_number=int(step.numpy()))
+  summaries.write_images(writer, model, predict, preview, int(step.numpy()))
+  final = os.path.join(model_dir, "final.weights.h5")
+  tmp = os.path.join(model_dir, "final.tmp.weights.h5")
+  model.save_weights(tmp)
+  os.replace(tmp, final)
+  elapsed = time.perf_counter() - start_time
+  trained = int(step.numpy()) - start_step
+  summary = {
+      "steps": int(step.numpy()), "epochs": int(epoch.numpy()), "seconds": elapsed,
+      "images_per_second": trained * batch_size / max(elapsed, 1e-9),
+      "skipped_files": train_info["num_skipped"] + val_info["num_skipped"],
+      "final_weights": final, **{f"loss/{k}": v for k, v in last_terms.items()},
+      **val_scores}
+  print("\nTraining summary")
+  for key, value in summary.items():
+    print(f"  {key:24s} {value:.4f}" if isinstance(value, float)
+          else f"  {key:24s} {value}")
+  if train_info["skipped"] or val_info["skipped"]:
+    print("  unreadable files skipped: " +
+          ", ".join(train_info["skipped"] + val_info["skipped"]))
+  return summary
+
+
+def validate(model, predict, dataset, writer, step):
+  """Mean losses on the val split, plus SIDE and MAD when it has depth."""
+  totals, count = {}, 0
+  for batch in dataset:
+    outputs = predict(batch["image"])
+    terms = model.compute_losses(batch["image"], outputs)
+    n = int(batch["image"].shape[0])
+    for key, value in terms.items():
+      totals[key] = totals.get(key, 0.0) + float(value) * n
+    count += n
+  scores = {f"val/{k}": v / count for k, v in totals.items()}
+  if "depth" in dataset.element_spec:
+    results = evaluate_lib.evaluate(model, dataset, predict)
+    for method, r in results.items():
+      scores[f"val/side_{method}"] = float(r["side"].mean())
+      scores[f"val/mad_{method}"] = float(r["mad"].mean())
+  with writer.as_default(step=step):
+    for key, value in scores.items():
+      tf.summary.scalar(key, value)
+  print("  " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+  return scores
+
+
+def main(argv):
+  del argv
+  if not flags.FLAGS.gin_file:
+    raise app.UsageError("Give a config: --gin_file=gin_configs/<name>.gin")
+  configurable.parse_gin_flags()
+  model_dir = _MODEL_DIR.value or os.path.join(
+      "runs", os.path.splitext(os.path.basename(flags.FLAGS.gin_file[0]))[0])
+  train(model_dir, make_strategy(_STRATEGY.value))
+
+
+if __name__ == "__main__":
+  app.run(main)
