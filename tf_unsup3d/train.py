@@ -62,7 +62,7 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
           learning_rate=1e-4, weight_decay=5e-4, lam_flip_start_epoch=0,
           jit_compile=False, mixed_precision=False, keep_checkpoints=3,
           checkpoint_every_steps=1000, summary_every_steps=50,
-          image_summary_every_steps=500, max_steps=None,
+          image_summary_every_steps=500, max_steps=None, max_seconds=None,
           generate_synthetic_data=False, seed=0):
   """Runs training; returns the final summary dict.
 
@@ -83,6 +83,8 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
     checkpoint_every_steps: also save within an epoch this often.
     summary_every_steps, image_summary_every_steps: TensorBoard cadence.
     max_steps: stop after this many steps in total (None: all epochs).
+    max_seconds: stop after this much training time in this run (None: no
+      limit), e.g. for a fixed-budget benchmark.
     generate_synthetic_data: if the data directory has no train split,
       generate the synthetic dataset there first (`synthetic.generate`).
     seed: shuffling seed.
@@ -225,7 +227,9 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
         summaries.write_images(writer, model, predict, preview, current)
       if current % checkpoint_every_steps == 0:
         manager.save(checkpoint_number=current)
-      if max_steps is not None and current >= max_steps:
+      out_of_time = (max_seconds is not None and
+                     time.perf_counter() - start_time > max_seconds)
+      if (max_steps is not None and current >= max_steps) or out_of_time:
         done = True
         break
     if not done:
