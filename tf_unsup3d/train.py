@@ -59,7 +59,8 @@ def make_strategy(name):
 
 @gin.configurable(denylist=["model_dir", "strategy"])
 def train(model_dir, strategy, batch_size=64, num_epochs=30,
-          learning_rate=1e-4, weight_decay=5e-4, lam_flip_start_epoch=0,
+          learning_rate=1e-4, weight_decay=5e-4, adam_epsilon=1e-8,
+          lam_flip_start_epoch=0,
           jit_compile=False, mixed_precision=False, keep_checkpoints=3,
           checkpoint_every_steps=1000, summary_every_steps=50,
           image_summary_every_steps=500, max_steps=None, max_seconds=None,
@@ -74,6 +75,7 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
     learning_rate: Adam step size (1e-4); betas (0.9, 0.999), eps 1e-8.
     weight_decay: L2 weight decay added to the gradient before Adam
       (PyTorch's `weight_decay` semantics, not AdamW), 5e-4.
+    adam_epsilon: Adam's epsilon (PyTorch's default 1e-8).
     lam_flip_start_epoch: before this epoch the flip terms weigh 1, from it
       on `Unsup3D.lam_flip` (the reference implementation's schedule).
     jit_compile: compile each replica's step with XLA.
@@ -89,7 +91,7 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
       generate the synthetic dataset there first (`synthetic.generate`).
     seed: shuffling seed.
   """
-  tf.random.set_seed(seed)
+  keras.utils.set_random_seed(seed)  # weights, shuffling and flips
   os.makedirs(model_dir, exist_ok=True)
   data_dir = gin.query_parameter("make_dataset.data_dir")
   if generate_synthetic_data and not os.path.isdir(
@@ -125,7 +127,7 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
     model = model_lib.Unsup3D()
     model.build((None, model.image_size, model.image_size, 3))
     optimizer = keras.optimizers.Adam(learning_rate, beta_1=0.9, beta_2=0.999,
-                                      epsilon=1e-8)
+                                      epsilon=adam_epsilon)
     optimizer.build(model.trainable_variables)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")

@@ -143,12 +143,13 @@ def _resize(image, size, method="area"):
 def make_dataset(split, training, batch_size, data_dir=gin.REQUIRED,
                  layout="folder", image_size=64, crop_spec=None,
                  min_depth=0.9, max_depth=1.1, shuffle_buffer=2048,
+                 random_flip=True,
                  check_cache_dir=None, input_context=None, seed=0):
   """Batches of {'image' [B, S, S, 3] in [0, 1], 'depth' [B, S, S] (paired)}.
 
   Args:
     split: 'train', 'val' or 'test'.
-    training: random horizontal flip, shuffling and repetition.
+    training: shuffling, random horizontal flips, whole batches only.
     batch_size: per-replica batch size.
     data_dir: dataset root.
     layout: 'folder' (<split>/**/*.jpg|png|...), 'paired' (synthetic-face
@@ -159,6 +160,7 @@ def make_dataset(split, training, batch_size, data_dir=gin.REQUIRED,
       the original image before resizing.
     min_depth, max_depth: depth PNG mapping.
     shuffle_buffer: examples in the shuffle buffer.
+    random_flip: flip training images horizontally with probability 1/2.
     check_cache_dir: where `check_files` keeps its results (e.g. model_dir).
     input_context: `tf.distribute.InputContext` for per-worker sharding.
     seed: shuffle / flip seed.
@@ -223,7 +225,7 @@ def make_dataset(split, training, batch_size, data_dir=gin.REQUIRED,
       depth = decode_depth(example["depth"], min_depth, max_depth)[..., None]
       out["depth"] = _resize(crop(depth, crop_spec), image_size,
                              method="nearest")[..., 0]
-    if training:
+    if training and random_flip:
       flip = tf.random.uniform([], seed=seed) < 0.5
       out = {k: tf.cond(flip, lambda v=v: tf.reverse(v, [1]), lambda v=v: v)
              for k, v in out.items()}
