@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from tf_unsup3d.data import datasets
+from tf_unsup3d.data import tfrecords
 
 
 def write(path, data):
@@ -129,6 +130,34 @@ def test_crop_and_flip(tmp_path):
   assert 0 < left_white.sum() < 16  # some flipped, some not
   np.testing.assert_allclose(batch[~left_white], batch[left_white][:1, :, ::-1]
                              .repeat((~left_white).sum(), 0), atol=1e-5)
+
+
+def test_tfrecord_shards_hold_the_same_examples(tmp_path):
+  """Folder -> shards -> pipeline gives the folder pipeline's images and depth."""
+  rng = np.random.default_rng(2)
+  root = tmp_path / "paired"
+  for i in range(5):
+    write(str(root / "test" / "image" / f"{i}_image.png"),
+          png(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)))
+    write(str(root / "test" / "depth" / f"{i}_depth.png"),
+          png(rng.integers(0, 65535, (8, 8, 1), dtype=np.uint16)))
+  write(str(root / "test" / "image" / "9_image.png"), b"broken")
+  write(str(root / "test" / "depth" / "9_depth.png"), b"broken")
+  count, bad = tfrecords.convert_split(str(root), str(tmp_path / "shards"),
+                                       "test", "paired", num_shards=2)
+  assert count == 5 and len(bad) == 2
+  assert len(os.listdir(tmp_path / "shards")) == 2
+  kwargs = dict(training=False, batch_size=8, image_size=8)
+  folder, _ = datasets.make_dataset("test", data_dir=str(root),
+                                    layout="paired", **kwargs)
+  shards, _ = datasets.make_dataset("test", data_dir=str(tmp_path / "shards"),
+                                    layout="tfrecord", **kwargs)
+  a, b = next(iter(folder)), next(iter(shards))
+  assert set(b) == {"image", "depth"}
+  order = lambda x: np.argsort(x["image"].numpy().reshape(5, -1).sum(1))
+  for key in ("image", "depth"):
+    np.testing.assert_allclose(a[key].numpy()[order(a)],
+                               b[key].numpy()[order(b)], atol=1e-6)
 
 
 if __name__ == "__main__":

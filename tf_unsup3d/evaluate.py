@@ -100,8 +100,8 @@ def format_table(results, paper=True):
   lines = [f"{'method':22s} {'SIDE (x1e-2)':>18s} {'MAD (deg)':>18s}"]
   for method, r in results.items():
     side, mad = r["side"] * 100, r["mad"]
-    lines.append(f"{method:22s} {side.mean():9.3f} +- {side.std():5.3f} "
-                 f"{mad.mean():9.2f} +- {mad.std():5.2f}")
+    lines.append(f"{method:22s} {side.mean():9.3f} +- {side.std():.3f} "
+                 f"{mad.mean():9.2f} +- {mad.std():.2f}")
   if paper:
     lines.append("paper, Table 2 (BFM): model 0.793 / 16.51; null depth "
                  "2.723 / 43.34; average g.t. depth 1.990 / 23.26")

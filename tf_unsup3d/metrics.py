@@ -58,11 +58,17 @@ def scale_invariant_depth_error(depth_pred, depth_gt, mask):
 
 
 def mean_angle_deviation(normal_pred, normal_gt, mask):
-  """MAD per image `[B]`: mean angle in degrees between unit normals `[B, H, W, 3]`."""
+  """MAD per image `[B]`: mean angle in degrees between normals `[B, H, W, 3]`.
+
+  The angle between directions, atan2(|a x b|, a . b): it does not depend on
+  the vectors' lengths. (Normals from depth are divided by |n| + 1e-7 like
+  the reference's, which leaves them ~0.3% short at 64x64; acos of their dot
+  product would add several degrees of bias.)
+  """
   with tf.name_scope("mean_angle_deviation"):
     if normal_pred.shape.rank != 4 or normal_pred.shape[-1] != 3:
       raise ValueError(f"normals must be [B, H, W, 3], got {normal_pred.shape}.")
-    cosine = tf.clip_by_value(
-        tf.reduce_sum(normal_pred * normal_gt, axis=-1), -1.0, 1.0)
-    angle = tf.acos(cosine) * (180.0 / math.pi)
+    sine = tf.norm(tf.linalg.cross(normal_pred, normal_gt), axis=-1)
+    cosine = tf.reduce_sum(normal_pred * normal_gt, axis=-1)
+    angle = tf.atan2(sine, cosine) * (180.0 / math.pi)
     return _masked_image_mean(angle, tf.cast(mask, tf.float32))

@@ -26,15 +26,6 @@ from tf_unsup3d import model as model_lib
 from tf_unsup3d import summaries
 from tf_unsup3d.data import datasets
 
-configurable.gin_flags()
-_MODEL_DIR = flags.DEFINE_string(
-    "model_dir", None, "Checkpoints and logs; default runs/<first gin file>.")
-_STRATEGY = flags.DEFINE_enum(
-    "strategy", "mirrored", ["mirrored", "multi_worker", "one_device"],
-    "mirrored: all local GPUs (else the CPU); multi_worker: "
-    "MultiWorkerMirroredStrategy from TF_CONFIG; one_device: first device.")
-
-
 @gin.configurable(denylist=["output_dir"])
 def generate_synthetic(output_dir, num_train=10000, num_val=500, num_test=500,
                        image_size=64, seed=0, max_yaw=30.0):
@@ -286,15 +277,28 @@ def validate(model, predict, dataset, writer, step):
   return scores
 
 
+def define_flags():
+  """Command-line flags of the training CLI (paths and run control only)."""
+  configurable.gin_flags()
+  flags.DEFINE_string("model_dir", None, "Checkpoints and logs; default "
+                      "runs/<name of the first gin file>.")
+  flags.DEFINE_enum(
+      "strategy", "mirrored", ["mirrored", "multi_worker", "one_device"],
+      "mirrored: all local GPUs (else the CPU); multi_worker: "
+      "MultiWorkerMirroredStrategy from TF_CONFIG; one_device: first device.")
+
+
 def main(argv):
   del argv
-  if not flags.FLAGS.gin_file:
+  args = flags.FLAGS
+  if not args.gin_file:
     raise app.UsageError("Give a config: --gin_file=gin_configs/<name>.gin")
   configurable.parse_gin_flags()
-  model_dir = _MODEL_DIR.value or os.path.join(
-      "runs", os.path.splitext(os.path.basename(flags.FLAGS.gin_file[0]))[0])
-  train(model_dir, make_strategy(_STRATEGY.value))
+  model_dir = args.model_dir or os.path.join(
+      "runs", os.path.splitext(os.path.basename(args.gin_file[0]))[0])
+  train(model_dir, make_strategy(args.strategy))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
