@@ -28,6 +28,9 @@ def _load_targets():
       "load": lambda *args, **kwargs: None,
       "package": lambda **kwargs: None,
       "requirement": lambda name: "@pip//" + name,
+      "glob": lambda patterns: sorted(
+          p.relative_to(ROOT).as_posix() for pattern in patterns
+          for p in ROOT.glob(pattern)),
       "py_library": rule("py_library"),
       "py_binary": rule("py_binary"),
       "py_test": rule("py_test"),
