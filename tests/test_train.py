@@ -7,6 +7,7 @@ import sys
 import time
 
 import gin
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -54,6 +55,21 @@ def test_every_config_parses_and_trains_one_step(config, paired_data,
   assert summary["steps"] == 1 and np.isfinite(summary["loss/total"])
   assert os.path.isfile(summary["final_weights"])
   assert os.listdir(tmp_path / "train")  # TensorBoard events
+
+
+@pytest.mark.slow
+def test_xla_and_mixed_precision_switches_train(paired_data, tmp_path):
+  gin.clear_config()
+  gin.parse_config_files_and_bindings(
+      [os.path.join(ROOT, "gin_configs", "synthetic.gin")],
+      bindings("synthetic", paired_data, [
+          "train.max_steps = 2", "train.jit_compile = True",
+          "train.mixed_precision = True"]))
+  summary = train_lib.train(str(tmp_path),
+                            tf.distribute.OneDeviceStrategy("/cpu:0"))
+  gin.clear_config()
+  assert summary["steps"] == 2 and np.isfinite(summary["loss/total"])
+  assert keras.mixed_precision.global_policy().name == "float32"
 
 
 def run_cli(model_dir, data_dir, extra, wait=True):

@@ -28,7 +28,14 @@ def gin_flags():
   return flags.FLAGS
 
 
-def parse_gin_flags():
-  """Parses the files and bindings given by `gin_flags`."""
+def parse_gin_flags(skip_unknown=()):
+  """Parses the files and bindings given by `gin_flags`.
+
+  Args:
+    skip_unknown: configurable names that belong to programs not loaded here
+      (e.g. `train` when evaluating with a training config); any other
+      unknown name is still an error, so typos do not pass silently.
+  """
   gin.parse_config_files_and_bindings(flags.FLAGS.gin_file,
-                                      flags.FLAGS.gin_param)
+                                      flags.FLAGS.gin_param,
+                                      skip_unknown=list(skip_unknown))

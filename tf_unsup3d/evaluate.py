@@ -153,7 +153,8 @@ def define_flags():
 
 def main(argv):
   del argv
-  configurable.parse_gin_flags()
+  # Training configs also bind the training loop and the data generator.
+  configurable.parse_gin_flags(skip_unknown=("train", "generate_synthetic"))
   args = flags.FLAGS
   if not args.checkpoint:
     raise app.UsageError("--checkpoint is required.")

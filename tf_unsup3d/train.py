@@ -89,8 +89,6 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
       os.path.join(data_dir, "train")):
     logging.info("No data in %s: generating the synthetic dataset.", data_dir)
     generate_synthetic(data_dir)
-  if mixed_precision:
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
 
   _, train_info = datasets.make_dataset("train", training=True,
                                         batch_size=batch_size,
@@ -115,8 +113,15 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
                                              check_cache_dir=model_dir)
 
   with strategy.scope():
-    model = model_lib.Unsup3D()
-    model.build((None, model.image_size, model.image_size, 3))
+    # Layers take the global dtype policy when they are created.
+    policy = keras.mixed_precision.global_policy()
+    if mixed_precision:
+      keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+      model = model_lib.Unsup3D()
+      model.build((None, model.image_size, model.image_size, 3))
+    finally:
+      keras.mixed_precision.set_global_policy(policy)
     optimizer = keras.optimizers.Adam(learning_rate, beta_1=0.9, beta_2=0.999,
                                       epsilon=adam_epsilon)
     optimizer.build(model.trainable_variables)
