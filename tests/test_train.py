@@ -19,7 +19,7 @@ from tf_unsup3d.data import synthetic
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ["synthetic", "celeba", "synface", "cats", "cars"]
 TINY = ["Unsup3D.nf = 4", "Unsup3D.zdim = 8", "Unsup3D.conf_zdim = 8",
-        "Unsup3D.light_view_nf = 4", "VGGFeatures.weights = None",
+        "Unsup3D.light_view_nf = 4", "Unsup3D.vgg_weights = None",
         "train.batch_size = 2", "train.summary_every_steps = 1",
         "train.image_summary_every_steps = 2",
         "train.checkpoint_every_steps = 2"]
