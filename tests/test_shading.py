@@ -1,4 +1,6 @@
-"""Normals and Lambertian shading against analytic values."""
+"""Normals and Lambertian shading against NumPy and analytic values."""
+
+import math
 
 import numpy as np
 import pytest
@@ -6,52 +8,117 @@ import tensorflow as tf
 
 from tf_unsup3d.rendering import shading
 
+FOV = 10.0
+
 
 def unit(x):
   return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def test_diffuse_is_clamped_cosine_for_surfaces_facing_the_camera():
-  """DESIGN convention: n and l point away from the camera; shading max(0, n.l)."""
+def pixel_rays(size):
+  """K^-1 [u, v, 1] per pixel for an S x S image, `[S, S, 3]`."""
+  f = (size - 1) / 2 / math.tan(math.radians(FOV) / 2)
+  c = (size - 1) / 2
+  v, u = np.mgrid[0:size, 0:size].astype(np.float64)
+  return np.stack([(u - c) / f, (v - c) / f, np.ones_like(u)], -1)
+
+
+def random_lights(rng, batch):
+  dxy = rng.uniform(-1.5, 1.5, (batch, 2))
+  return dxy, unit(np.concatenate([dxy, np.ones((batch, 1))], -1))
+
+
+def test_diffuse_is_the_clamped_cosine_for_normals_away_from_the_camera():
+  """max(0, n . l) for unit normals with n_z > 0 viewed along the pixel rays."""
   rng = np.random.default_rng(0)
-  normal = rng.normal(size=(3, 4, 5, 3))
-  normal[..., 2] = np.abs(normal[..., 2]) + 0.1  # away from the camera
+  size = 8
+  normal = rng.normal(size=(3, size, size, 3))
+  normal[..., 2] = np.abs(normal[..., 2]) + 0.3
   normal = unit(normal)
-  light = unit(np.concatenate([rng.uniform(-2, 2, (3, 2)), np.ones((3, 1))], -1))
-  to_camera = np.broadcast_to([0.0, 0.0, -1.0], normal.shape)
+  ray = unit(pixel_rays(size))
+  to_camera = np.broadcast_to(-ray, normal.shape)
+  # Precondition of DESIGN's setting: the surface faces the viewer.
+  assert (np.sum(normal * ray, -1) > 0).all()
+  _, light = random_lights(rng, 3)
   got = shading.diffuse_shading(tf.constant(normal, tf.float32),
                                 tf.constant(light, tf.float32),
                                 tf.constant(to_camera, tf.float32)).numpy()
-  expected = np.maximum(0, np.einsum("bhwc,bc->bhw", normal, light))
+  expected = np.maximum(0.0, np.einsum("bhwc,bc->bhw", normal, light))
+  assert got.shape == (3, size, size, 1)
+  assert (expected == 0).any() and (expected > 0.5).any()  # both regimes
   np.testing.assert_allclose(got[..., 0], expected, atol=1e-6)
 
 
 def test_surface_seen_from_behind_is_not_lit():
-  """A normal toward the camera (n_z < 0 here) is a back face: TFG gates it."""
-  normal = tf.constant([[[[0.0, 0.6, -0.8]]]])
-  light = tf.constant([[0.0, 0.6, -0.8]])  # n . l = 1
-  to_camera = tf.constant([[[[0.0, 0.0, -1.0]]]])
-  assert float(shading.diffuse_shading(normal, light, to_camera)[0, 0, 0, 0]) == 0
+  """n . view_dir > 0 (the physical normal faces away from the viewer) gives 0."""
+  rng = np.random.default_rng(1)
+  to_camera = np.broadcast_to([0.0, 0.0, -1.0], (2, 4, 4, 3))
+  normal = rng.normal(size=(2, 4, 4, 3))
+  normal[..., 2] = -np.abs(normal[..., 2]) - 0.2  # n . view_dir > 0
+  normal = unit(normal)
+  light = unit(np.array([[0.0, 0.0, -1.0], [0.3, -0.2, -1.0]]))
+  cosine = np.einsum("bhwc,bc->bhw", normal, light)
+  assert (cosine > 0).all()  # max(0, n . l) alone would light every pixel
+  got = shading.diffuse_shading(tf.constant(normal, tf.float32),
+                                tf.constant(light, tf.float32),
+                                tf.constant(to_camera, tf.float32)).numpy()
+  np.testing.assert_array_equal(got, 0.0)
 
 
 def test_light_direction_is_normalised_dx_dy_1():
-  got = shading.light_direction(tf.constant([[3.0, 4.0], [0.0, 0.0]])).numpy()
-  np.testing.assert_allclose(got, [np.array([3, 4, 1]) / np.sqrt(26), [0, 0, 1]],
-                             atol=1e-6)
+  """light_direction(dx, dy) = (dx, dy, 1) / |(dx, dy, 1)|."""
+  dxy, expected = random_lights(np.random.default_rng(2), 5)
+  got = shading.light_direction(tf.constant(dxy, tf.float32)).numpy()
+  np.testing.assert_allclose(got, expected, atol=1e-6)
+  got = shading.light_direction(tf.constant([[3.0, 4.0]])).numpy()
+  np.testing.assert_allclose(got, [np.array([3.0, 4.0, 1.0]) / math.sqrt(26)],
+                             atol=1e-7)
 
 
-def test_normals_of_a_plane_and_the_border():
-  """Points of a tilted plane (any grid on it) give its unit normal; border (0,0,1)."""
-  v, u = np.mgrid[0:6, 0:7].astype(np.float64)
-  x, y = 0.1 * u, 0.07 * v
-  z = 1.0 + 0.3 * x - 0.2 * y  # normal ~ (-0.3, 0.2, 1)
-  points = tf.constant(np.stack([x, y, z], -1)[None], tf.float32)
-  got = shading.normals_from_points(points).numpy()[0]
-  expected = unit(np.array([-0.3, 0.2, 1.0]))
-  np.testing.assert_allclose(got[1:-1, 1:-1], np.broadcast_to(expected, (4, 5, 3)),
-                             atol=1e-5)
-  border = np.concatenate([got[0], got[-1], got[:, 0], got[:, -1]])
-  np.testing.assert_allclose(border, np.broadcast_to([0, 0, 1], border.shape))
+@pytest.mark.parametrize("size", [8, 16])
+def test_lifted_fronto_parallel_plane_has_normal_0_0_1(size):
+  """A constant depth map lifted with K gives (0, 0, 1) everywhere, border included."""
+  ray = pixel_rays(size)
+  points = np.stack([ray * 1.03, ray * 0.95])
+  got = shading.normals_from_points(tf.constant(points, tf.float32)).numpy()
+  expected = np.broadcast_to([0.0, 0.0, 1.0], got.shape)
+  np.testing.assert_allclose(unit(got), expected, atol=1e-6)
+  # |tu x tv| is tiny, so the + 1e-7 in the normalisation shows slightly.
+  np.testing.assert_allclose(np.linalg.norm(got, axis=-1), 1.0, atol=1e-3)
+
+
+def test_normals_are_normalised_central_difference_cross_products():
+  """Interior: normalise((P[v,u+1] - P[v,u-1]) x (P[v+1,u] - P[v-1,u])); border (0,0,1)."""
+  rng = np.random.default_rng(3)
+  points = rng.normal(size=(2, 6, 7, 3))
+  got = shading.normals_from_points(tf.constant(points, tf.float32)).numpy()
+  expected = np.zeros_like(points)
+  expected[..., 2] = 1.0
+  for i in range(1, 5):
+    for j in range(1, 6):
+      tu = points[:, i, j + 1] - points[:, i, j - 1]
+      tv = points[:, i + 1, j] - points[:, i - 1, j]
+      expected[:, i, j] = unit(np.cross(tu, tv))
+  np.testing.assert_allclose(got, expected, atol=2e-5)
+
+
+def test_tilted_plane_normal_points_away_from_the_camera():
+  """A plane n . P = 1 sampled along the rays gives n (n_z > 0) inside."""
+  size = 12
+  ray = pixel_rays(size)
+  normal = unit(np.array([0.4, -0.3, 1.0]))
+  points = ray / (ray @ normal)[..., None]
+  got = shading.normals_from_points(tf.constant(points[None],
+                                                tf.float32)).numpy()[0]
+  inner = got[1:-1, 1:-1]
+  np.testing.assert_allclose(unit(inner), np.broadcast_to(normal, inner.shape),
+                             atol=1e-4)
+
+
+def test_normals_shape_is_checked():
+  """Points must be [B, H, W, 3]."""
+  with pytest.raises(ValueError, match="points"):
+    shading.normals_from_points(tf.zeros([4, 4, 3]))
 
 
 if __name__ == "__main__":
