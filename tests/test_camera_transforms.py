@@ -59,7 +59,7 @@ def test_rotation_matrix_is_rz_ry_rx():
     (2, [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]),  # Rz(90): x -> y
 ])
 def test_quarter_turns_are_right_handed(axis, source, target):
-  """A +90 degree turn about each axis maps the next axis as a right-handed frame does."""
+  """+90 degrees about x, y, z maps y->z, z->x, x->y (right-handed)."""
   view = np.zeros((1, 6), np.float32)
   view[0, axis] = math.pi / 2
   rotation = transforms.rotation_matrix(tf.constant(view)).numpy()[0]
@@ -150,7 +150,7 @@ def test_pixel_grid_holds_column_then_row():
 
 
 def test_lift_matches_k_inverse():
-  """lift(d) = d K^-1 [u, v, 1]^T per pixel on a non-square, skewed-centre camera."""
+  """lift(d) = d K^-1 [u, v, 1]^T; non-square, off-centre camera."""
   rng = np.random.default_rng(5)
   f, c = (11.0, 9.5), (3.2, 2.7)
   depth = rng.uniform(0.5, 2.0, (2, 6, 8))
@@ -174,7 +174,7 @@ def test_lift_then_project_returns_the_pixel_grid():
 
 
 def test_lift_of_unit_depth_at_centre_and_corners():
-  """Depth 1 lifts to (0, 0, 1) at the centre and to (+-tan(fov/2), ...) at corners."""
+  """Depth 1: (0, 0, 1) at the centre, (+-tan(fov/2), ...) at corners."""
   size, fov = 9, 10.0
   f = camera.focal_length(size, fov)
   c = (size - 1) / 2
@@ -205,7 +205,7 @@ def test_project_is_the_pinhole_model():
 
 
 def test_clip_space_puts_integer_pixels_on_tfg_pixel_centres():
-  """x/w, y/w at projected pixel (j, i) equal TFG's ((2j+1)/W - 1, (2i+1)/H - 1)."""
+  """x/w, y/w at pixel (j, i) are TFG's ((2j+1)/W - 1, (2i+1)/H - 1)."""
   height, width = 6, 9
   f, c = (13.0, 11.0), ((width - 1) / 2, (height - 1) / 2)
   depth = np.random.default_rng(8).uniform(0.5, 2.0, (height, width))

@@ -129,7 +129,7 @@ PLANE_VIEWS = [
 
 @pytest.mark.parametrize("view", PLANE_VIEWS)
 def test_plane_renders_the_ray_plane_intersection(view):
-  """A rotated/translated plane: depth at each covered pixel is the closed form."""
+  """Rotated/translated plane: depth is the closed-form ray-plane hit."""
   size, z0 = 16, 1.02
   view = np.array(view)
   r = Renderer(image_size=size)
@@ -147,7 +147,7 @@ def test_plane_renders_the_ray_plane_intersection(view):
 
 @pytest.mark.parametrize("view", PLANE_VIEWS[::3])
 def test_render_view_samples_the_analytic_texture_location(view):
-  """A linear texture on the plane renders as its value at the closed-form canonical pixel."""
+  """A linear texture renders its value at the closed-form source pixel."""
   size, z0 = 16, 1.02
   view = np.array(view)
   r = Renderer(image_size=size)
@@ -168,7 +168,7 @@ def test_render_view_samples_the_analytic_texture_location(view):
 
 
 def test_inverse_warp_grid_matches_numpy():
-  """grid = K R^T (d K^-1 [u, v, 1] - t - C) + C, normalised, for random depth and views."""
+  """grid = K (R^T (d K^-1 [u, v, 1] - t - C) + C), normalised."""
   size = 12
   rng = np.random.default_rng(3)
   depth = smooth_depth(rng, 2, size)
@@ -189,7 +189,7 @@ def test_inverse_warp_grid_matches_numpy():
     [0.3, -0.2, 1.0], [-0.5, 0.1, 1.0], [0.0, 0.6, 1.0],
 ])
 def test_normals_of_tilted_planes(normal):
-  """Depth of the plane n . P = 1 along each ray gives n (z > 0) at interior pixels."""
+  """Depth of the plane n . P = 1 gives n (z > 0) at interior pixels."""
   size = 16
   normal = unit(np.array(normal))
   depth = 1.0 / (rays(size) @ normal)
@@ -202,7 +202,7 @@ def test_normals_of_tilted_planes(normal):
 
 
 def test_normals_of_a_sphere():
-  """Near side of a sphere: the normal is -(P - centre) / r (away from the camera)."""
+  """Near side of a sphere: normal -(P - centre) / r, away from camera."""
   size = 24
   centre, radius = np.array([0.0, 0.0, 1.2]), 0.2
   ray = rays(size)
@@ -224,7 +224,7 @@ def test_normals_of_a_sphere():
 
 
 def nearest_triangles(points, faces, size):
-  """Float64 brute force: nearest covering triangle and its smallest barycentric."""
+  """Float64 brute force: nearest triangle and its smallest barycentric."""
   f, c = intrinsics(size)
   uv = f * points[:, :2] / points[:, 2:] + c
   py, px = np.mgrid[0:size, 0:size].reshape(2, -1).astype(np.float64)
@@ -274,7 +274,7 @@ class TestDepthGradients:
                              self.size)
 
   def pick_pixels(self):
-    """Four interior pixels well inside their covering triangle (brute force)."""
+    """Four interior pixels well inside their triangle (brute force)."""
     winner, lowest = self.winners(self.depth, self.view)
     inside = (winner >= 0) & (lowest > 0.05)
     inside[:3], inside[-3:], inside[:, :3], inside[:, -3:] = (False,) * 4
@@ -306,7 +306,7 @@ class TestDepthGradients:
             tape.gradient(value, view).numpy()[0])
 
   def test_gradient_wrt_canonical_depth(self):
-    """d(sum of depth at 4 pixels)/d(canonical depth) matches central differences."""
+    """d(depth at 4 pixels)/d(canonical depth) = central differences."""
     mask, triangles = self.pick_pixels()
     vertices = sorted(set(self.faces[triangles].ravel()))
     # Plus vertices that no chosen pixel depends on: zero gradient.
@@ -331,7 +331,7 @@ class TestDepthGradients:
     np.testing.assert_array_equal(np.delete(grad_depth, vertices), 0.0)
 
   def test_gradient_wrt_view(self):
-    """d(sum of depth at 4 pixels)/d(view) matches central differences per entry."""
+    """d(depth at 4 pixels)/d(view) = central differences per entry."""
     mask, triangles = self.pick_pixels()
     grad_view = self.tape_gradients(mask)[1]
     numeric = []
@@ -349,7 +349,7 @@ class TestDepthGradients:
 
 
 def test_render_yaw_shape_order_and_zero_angle():
-  """[B, T, S, S, C] frames, image-major; the zero-angle frame is the image inside."""
+  """[B, T, S, S, C], image-major; angle 0 is the image inside."""
   size = 12
   r = Renderer(image_size=size)
   rng = np.random.default_rng(6)
@@ -364,6 +364,26 @@ def test_render_yaw_shape_order_and_zero_angle():
                                atol=1e-4)
     for t in (0, 2):
       assert np.abs(frames[b, t] - image[b]).max() > 0.1  # it did turn
+
+
+def test_render_yaw_turns_about_y_through_the_centre():
+  """Yaw a shows a textured plane as the closed form of view (0, a, 0, ...)."""
+  size, z0 = 16, 1.03
+  angles = [-0.3, 0.45]
+  v, u = np.mgrid[0:size, 0:size].astype(np.float64)
+  image = np.stack([0.1 * u - 0.05 * v + 0.2, 0.04 * u + 0.07 * v], -1)
+  frames = Renderer(image_size=size).render_yaw(
+      image[None].astype(np.float32), np.full((1, size, size), z0, np.float32),
+      angles).numpy()[0]
+  for frame, angle in zip(frames, angles):
+    _, pixel, inside, distance = plane_scene(
+        size, z0, np.array([0.0, angle, 0.0, 0.0, 0.0, 0.0]))
+    clear = distance > 1e-3
+    assert 0.3 < inside.mean() < 1.0
+    expected = np.stack([0.1 * pixel[..., 0] - 0.05 * pixel[..., 1] + 0.2,
+                         0.04 * pixel[..., 0] + 0.07 * pixel[..., 1]], -1)
+    expected = np.where(inside[..., None], expected, 0.0)
+    np.testing.assert_allclose(frame[clear], expected[clear], atol=1e-4)
 
 
 def test_render_yaw_mirror_symmetry():

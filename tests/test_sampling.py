@@ -1,4 +1,4 @@
-"""The bilinear sampler against a NumPy grid_sample(align_corners=True, zeros)."""
+"""Bilinear sampler against NumPy grid_sample(align_corners=True, zeros)."""
 
 import numpy as np
 import pytest
@@ -72,7 +72,7 @@ def test_identity_grid_reproduces_a_non_square_image():
 
 
 def test_corners_and_zero_padding():
-  """-1 and +1 are the corner pixel centres; half a pixel out fades to half; far out is 0."""
+  """+-1 are corner centres; half a pixel out gives half; beyond, 0."""
   height, width = 3, 4
   image = np.arange(1, 13, dtype=np.float32).reshape(1, height, width, 1)
   grid = np.array([[[[-1, -1], [1, -1]], [[-1, 1], [1, 1]]]], np.float32)
@@ -82,9 +82,9 @@ def test_corners_and_zero_padding():
   points = to_grid(np.array([-0.5, width - 0.5]), np.array([1.0, 1.0]),
                    height, width)
   got = bilinear_sample(image, points[None, None].astype(np.float32))
-  np.testing.assert_allclose(got.numpy()[0, 0, :, 0],
-                             [0.5 * image[0, 1, 0, 0], 0.5 * image[0, 1, -1, 0]],
-                             atol=1e-5)
+  np.testing.assert_allclose(
+      got.numpy()[0, 0, :, 0],
+      [0.5 * image[0, 1, 0, 0], 0.5 * image[0, 1, -1, 0]], atol=1e-5)
   far = to_grid(np.array([-1.25, width + 0.25, 1.5]),
                 np.array([1.0, 1.0, height + 0.25]), height, width)
   got = bilinear_sample(image, far[None, None].astype(np.float32))

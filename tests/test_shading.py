@@ -50,7 +50,7 @@ def test_diffuse_is_the_clamped_cosine_for_normals_away_from_the_camera():
 
 
 def test_surface_seen_from_behind_is_not_lit():
-  """n . view_dir > 0 (the physical normal faces away from the viewer) gives 0."""
+  """n . view_dir > 0 (seen from behind) gives 0 even where n . l > 0."""
   rng = np.random.default_rng(1)
   to_camera = np.broadcast_to([0.0, 0.0, -1.0], (2, 4, 4, 3))
   normal = rng.normal(size=(2, 4, 4, 3))
@@ -77,7 +77,7 @@ def test_light_direction_is_normalised_dx_dy_1():
 
 @pytest.mark.parametrize("size", [8, 16])
 def test_lifted_fronto_parallel_plane_has_normal_0_0_1(size):
-  """A constant depth map lifted with K gives (0, 0, 1) everywhere, border included."""
+  """Constant depth lifted with K: (0, 0, 1) everywhere, border included."""
   ray = pixel_rays(size)
   points = np.stack([ray * 1.03, ray * 0.95])
   got = shading.normals_from_points(tf.constant(points, tf.float32)).numpy()
@@ -88,7 +88,7 @@ def test_lifted_fronto_parallel_plane_has_normal_0_0_1(size):
 
 
 def test_normals_are_normalised_central_difference_cross_products():
-  """Interior: normalise((P[v,u+1] - P[v,u-1]) x (P[v+1,u] - P[v-1,u])); border (0,0,1)."""
+  """normalise((P[v,u+1]-P[v,u-1]) x (P[v+1,u]-P[v-1,u])); border (0,0,1)."""
   rng = np.random.default_rng(3)
   points = rng.normal(size=(2, 6, 7, 3))
   got = shading.normals_from_points(tf.constant(points, tf.float32)).numpy()
