@@ -223,6 +223,20 @@ def test_normals_of_a_sphere():
                                                         border.shape))
 
 
+def test_view_directions_point_from_the_surface_to_the_camera():
+  """view_directions = -P / |P| with P = d K^-1 [u, v, 1] (camera at 0)."""
+  size = 8
+  depth = smooth_depth(np.random.default_rng(8), 2, size)
+  got = Renderer(image_size=size).view_directions(
+      tf.constant(depth, tf.float32)).numpy()
+  expected = -unit(rays(size) * depth[..., None])
+  np.testing.assert_allclose(got, expected, atol=1e-6)
+  # Corner rays lean outwards by fov / 2 in x and y (fov = 10 degrees).
+  half = math.tan(math.radians(5.0))
+  np.testing.assert_allclose(got[0, 0, 0], -unit(np.array([-half, -half, 1])),
+                             atol=1e-6)
+
+
 def nearest_triangles(points, faces, size):
   """Float64 brute force: nearest triangle and its smallest barycentric."""
   f, c = intrinsics(size)
@@ -403,6 +417,25 @@ def test_render_yaw_mirror_symmetry():
   assert np.abs(frames[0] - frames[1]).max() > 0.1  # the two views differ
   assert (frames[0].max(-1) == 0).any()  # the turned mesh leaves background
   np.testing.assert_allclose(frames[1], frames[0][:, ::-1], atol=1e-4)
+
+
+@pytest.mark.parametrize("z0,expected,visible", [
+    (0.5, 0.8, 1.0),  # nearer than min_depth - m: clamped, still visible
+    (1.5, 1.2, 0.0),  # beyond max_depth + m: the far value, masked out
+])
+def test_rendered_depth_is_clamped_to_the_margin(z0, expected, visible):
+  """DESIGN step 7: depth is clamped to [min - m, max + m], m = (max - min)/2.
+
+  With the paper's range 0.9 .. 1.1, m = 0.1: [0.8, 1.2].
+  """
+  size = 8
+  r = Renderer(image_size=size, min_depth=0.9, max_depth=1.1)
+  image = np.ones((1, size, size, 1), np.float32)
+  rendered, depth, mask = r.render_view(
+      image, tf.fill([1, size, size], z0), tf.zeros([1, 6]))
+  np.testing.assert_allclose(depth.numpy(), expected, atol=1e-6)
+  np.testing.assert_array_equal(mask.numpy(), visible)
+  np.testing.assert_allclose(rendered.numpy(), visible, atol=1e-5)
 
 
 def test_shape_and_range_errors():

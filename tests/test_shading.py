@@ -50,7 +50,15 @@ def test_diffuse_is_the_clamped_cosine_for_normals_away_from_the_camera():
 
 
 def test_surface_seen_from_behind_is_not_lit():
-  """n . view_dir > 0 (seen from behind) gives 0 even where n . l > 0."""
+  """n . view_dir > 0 (seen from behind) gives 0 even where n . l > 0.
+
+  TFG's `lambertian.brdf` is physical: its normal faces the viewer and its
+  incoming light travels from the light to the surface; it returns
+  albedo / pi only where -incoming . normal >= 0 and outgoing . normal >= 0.
+  With DESIGN's normal n (away from the camera), TFG's normal is -n, the
+  incoming light is l, the outgoing direction is view_dir (to the camera):
+  the gate is n . l >= 0 and n . view_dir <= 0. Here n . view_dir > 0.
+  """
   rng = np.random.default_rng(1)
   to_camera = np.broadcast_to([0.0, 0.0, -1.0], (2, 4, 4, 3))
   normal = rng.normal(size=(2, 4, 4, 3))
@@ -113,6 +121,53 @@ def test_tilted_plane_normal_points_away_from_the_camera():
   inner = got[1:-1, 1:-1]
   np.testing.assert_allclose(unit(inner), np.broadcast_to(normal, inner.shape),
                              atol=1e-4)
+
+
+def test_lifted_depth_normals_always_face_the_camera():
+  """For any positive depth map the central-difference normal has n . P > 0.
+
+  With rays r = K^-1 [u, v, 1] one pixel apart, tu = (a - b) r + (a + b) dx
+  and tv = (c - e) r + (c + e) dy (a, b, c, e the neighbours' depths), so
+  (tu x tv) . r = (a + b) (c + e) det(dx, dy, r) > 0: never seen from behind.
+  Hence with the renderer's view directions the TFG gate never fires and the
+  shading is exactly max(0, n . l), even on rough depth.
+  """
+  size = 10
+  rng = np.random.default_rng(4)
+  depth = rng.uniform(0.3, 3.0, (2, size, size))  # rough, not smooth
+  points = pixel_rays(size) * depth[..., None]
+  got = shading.normals_from_points(tf.constant(points, tf.float32)).numpy()
+  inner = (slice(None), slice(1, -1), slice(1, -1))
+  assert (np.einsum("bhwc,bhwc->bhw", got[inner], points[inner]) > 0).all()
+  assert (got[inner][..., 2] < 0.5).any()  # steep normals are included
+  to_camera = -unit(points)
+  light = unit(np.array([[0.8, -0.5, 0.3], [-0.2, 0.9, 0.4]]))
+  shaded = shading.diffuse_shading(tf.constant(got, tf.float32),
+                                   tf.constant(light, tf.float32),
+                                   tf.constant(to_camera, tf.float32)).numpy()
+  expected = np.maximum(0.0, np.einsum("bhwc,bc->bhw", got, light))
+  assert (expected > 0.3).any()
+  np.testing.assert_allclose(shaded[..., 0], expected, atol=1e-6)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "diffuse_shading fails in a graph with an unknown batch dimension: TFG's "
+    "lambertian.brdf broadcasts its condition to the static shape with None "
+    "replaced by 1, i.e. [1, H, W, 3], which cannot hold a [B, H, W, 1] "
+    "tensor for B > 1 (InvalidArgumentError: Unable to broadcast)."))
+def test_diffuse_shading_with_unknown_batch_size():
+  """A tf.function traced with batch None gives max(0, n . l) for B = 2."""
+  size = 4
+  normal = np.broadcast_to(unit(np.array([0.2, -0.1, 1.0])),
+                           (2, size, size, 3))
+  light = unit(np.array([[0.0, 0.0, 1.0], [0.6, 0.0, 0.8]]))
+  to_camera = np.broadcast_to([0.0, 0.0, -1.0], normal.shape)
+  fn = tf.function(shading.diffuse_shading, input_signature=[
+      tf.TensorSpec([None, size, size, 3]), tf.TensorSpec([None, 3]),
+      tf.TensorSpec([None, size, size, 3])])
+  got = fn(*(tf.constant(x, tf.float32) for x in (normal, light, to_camera)))
+  expected = np.maximum(0.0, np.einsum("bhwc,bc->bhw", normal, light))
+  np.testing.assert_allclose(got.numpy()[..., 0], expected, atol=1e-6)
 
 
 def test_normals_shape_is_checked():
