@@ -2,6 +2,7 @@
 
 
 import numpy as np
+from tensorboard.plugins.image import metadata as image_metadata
 import tensorflow as tf
 
 from tf_unsup3d import visualization
@@ -66,18 +67,37 @@ def turntable(model, outputs, num_frames=9, max_angle=60.0):
                                    outputs["canon_depth"], angles)
 
 
-def write_images(writer, model, predict, images, step):
-  """Factor grid and turntable strips for a few fixed images.
+def turntable_gif(frames, pad=2):
+  """`[B, T, S, S, 3]` frames in [0, 1] -> GIF bytes, width, height.
 
-  `predict` is a compiled `model(x, training=False)`.
+  One animation with the B turntables side by side.
+  """
+  frames = np.asarray(frames)
+  # One grid row per frame: the B images are its columns.
+  rows = np.stack([visualization.image_grid([f[None] for f in frames[:, t]], pad)
+                   for t in range(frames.shape[1])])
+  height, width = rows.shape[1:3]
+  return visualization.encode_gif(rows / 255.0, frame_ms=120), width, height
+
+
+def write_images(writer, model, predict, images, step):
+  """Factor grid and an animated turntable GIF for a few fixed images.
+
+  `predict` is a compiled `model(x, training=False)`. TensorBoard's image
+  dashboard shows the GIF animated (it displays the encoded file as is).
   """
   grid, outputs = factor_grid(model, predict, images)
   frames = turntable(model, outputs).numpy()[:4]
-  strips = np.concatenate(list(np.moveaxis(frames, 1, 0)), axis=2)
+  # Forward then back again, so the loop does not jump.
+  frames = np.concatenate([frames, frames[:, -2:0:-1]], axis=1)
+  gif, width, height = turntable_gif(np.clip(frames, 0.0, 1.0))
   with writer.as_default(step=step):
     tf.summary.image("factors", grid[None], step=step)
-    tf.summary.image("turntable", np.clip(strips, 0, 1), max_outputs=4,
-                     step=step)
+    tf.summary.write(
+        "turntable", tf.constant([str(width), str(height), gif]), step=step,
+        metadata=image_metadata.create_summary_metadata(
+            display_name="turntable", description="Shaded canonical mesh, "
+            "yaw -60 to 60 degrees."))
   return grid
 
 

@@ -1,9 +1,11 @@
 """Pictures of the factors: depth, normal and confidence maps as RGB, image grids."""
 
+import io
 import os
 import tempfile
 
 import numpy as np
+import PIL.Image
 import tensorflow as tf
 
 
@@ -75,9 +77,32 @@ def image_grid(columns, pad=2):
   return np.round(grid * 255.0).astype(np.uint8)
 
 
+def encode_gif(frames, frame_ms=100):
+  """Encodes `[T, H, W, 3]` frames in [0, 1] as a looping animated GIF.
+
+  Returns:
+    The GIF file's bytes (TensorFlow can decode GIFs but not encode them,
+    so Pillow does it). A frame identical to the one before it is merged
+    into it, its display time added.
+  """
+  frames = np.asarray(frames, np.float32)
+  if frames.ndim != 4 or frames.shape[-1] != 3 or not len(frames):
+    raise ValueError(f"frames must be [T, H, W, 3], got {frames.shape}.")
+  frames = np.round(np.clip(frames, 0.0, 1.0) * 255.0).astype(np.uint8)
+  images = [PIL.Image.fromarray(f) for f in frames]
+  buffer = io.BytesIO()
+  images[0].save(buffer, format="GIF", save_all=True,
+                 append_images=images[1:], duration=int(frame_ms), loop=0)
+  return buffer.getvalue()
+
+
 def write_png(path, image):
   """Writes a uint8 `[H, W, C]` image to `path` atomically (temp file + rename)."""
-  data = tf.io.encode_png(np.asarray(image, np.uint8)).numpy()
+  write_bytes(path, tf.io.encode_png(np.asarray(image, np.uint8)).numpy())
+
+
+def write_bytes(path, data):
+  """Writes `data` to `path` atomically: a reader never sees half a file."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
