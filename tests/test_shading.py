@@ -150,23 +150,22 @@ def test_lifted_depth_normals_always_face_the_camera():
   np.testing.assert_allclose(shaded[..., 0], expected, atol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "diffuse_shading fails in a graph with an unknown batch dimension: TFG's "
-    "lambertian.brdf broadcasts its condition to the static shape with None "
-    "replaced by 1, i.e. [1, H, W, 3], which cannot hold a [B, H, W, 1] "
-    "tensor for B > 1 (InvalidArgumentError: Unable to broadcast)."))
 def test_diffuse_shading_with_unknown_batch_size():
-  """A tf.function traced with batch None gives max(0, n . l) for B = 2."""
+  """A tf.function traced with batch None gives max(0, n . l) for B = 3,
+  gated to 0 where the surface is seen from behind (n_z < 0)."""
   size = 4
-  normal = np.broadcast_to(unit(np.array([0.2, -0.1, 1.0])),
-                           (2, size, size, 3))
-  light = unit(np.array([[0.0, 0.0, 1.0], [0.6, 0.0, 0.8]]))
+  normal = np.array(np.broadcast_to(unit(np.array([0.2, -0.1, 1.0])),
+                                    (3, size, size, 3)))
+  normal[1, 0, 0] = unit(np.array([0.6, 0.0, -0.2]))  # back-facing, lit
+  light = unit(np.array([[0.0, 0.0, 1.0], [0.6, 0.0, 0.8], [0.0, 0.6, 0.8]]))
   to_camera = np.broadcast_to([0.0, 0.0, -1.0], normal.shape)
   fn = tf.function(shading.diffuse_shading, input_signature=[
       tf.TensorSpec([None, size, size, 3]), tf.TensorSpec([None, 3]),
       tf.TensorSpec([None, size, size, 3])])
   got = fn(*(tf.constant(x, tf.float32) for x in (normal, light, to_camera)))
   expected = np.maximum(0.0, np.einsum("bhwc,bc->bhw", normal, light))
+  assert expected[1, 0, 0] > 0.2
+  expected[1, 0, 0] = 0.0
   np.testing.assert_allclose(got.numpy()[..., 0], expected, atol=1e-6)
 
 

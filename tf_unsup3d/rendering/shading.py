@@ -67,11 +67,19 @@ def diffuse_shading(normal, light_dir, view_dir):
     `[B, H, W, 1]` diffuse shading in [0, 1].
   """
   with tf.name_scope("diffuse_shading"):
-    light = tf.broadcast_to(light_dir[:, None, None, :], tf.shape(normal))
-    gate = math.pi * lambertian.brdf(
-        direction_incoming_light=light,
-        direction_outgoing_light=view_dir,
-        surface_normal=-normal,
-        albedo=tf.ones_like(normal))[..., :1]
-    cosine = tf.reduce_sum(normal * light, axis=-1, keepdims=True)
-    return gate * tf.nn.relu(cosine)
+
+    def gate(example):
+      n, l, v = example
+      return math.pi * lambertian.brdf(
+          direction_incoming_light=tf.broadcast_to(l, tf.shape(n)),
+          direction_outgoing_light=v,
+          surface_normal=-n,
+          albedo=tf.ones_like(n))[..., :1]
+
+    # Per example, vectorised: `brdf` broadcasts to the *static* shape with
+    # unknown dimensions taken as 1, which breaks graphs traced with an
+    # unknown batch size (serving signatures); one example's shape is known.
+    visible = tf.vectorized_map(gate, (normal, light_dir, view_dir))
+    cosine = tf.reduce_sum(normal * light_dir[:, None, None, :], axis=-1,
+                           keepdims=True)
+    return visible * tf.nn.relu(cosine)
