@@ -453,11 +453,6 @@ def test_non_square_raster_matches_brute_force(kwargs):
                              atol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Windowed visibility path misses pixels that the documented inside test "
-    "(barycentrics >= -1e-5) accepts when they lie more than _BBOX_SLACK = "
-    "1e-3 px outside the triangle's bounding box, which happens for "
-    "triangles with an altitude above 100 px; the dense path accepts them."))
 def test_tall_triangle_tolerance_band_same_on_all_paths():
   """Pixels within the 1e-5 barycentric band are covered on every path.
 

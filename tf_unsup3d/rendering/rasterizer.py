@@ -23,8 +23,10 @@ from tf_unsup3d.rendering import camera
 INSIDE_TOLERANCE = 1e-5
 # Tiers of the fast visibility path: (box side, triangles per image).
 DEFAULT_WINDOWS = ((6, None), (16, 2048), (None, 256))
-# Bounding boxes grow by this many pixels so that every pixel the tolerant
-# inside test can accept is a candidate (1e-5 of a 64-pixel-wide triangle).
+# Bounding boxes grow by this many pixels plus INSIDE_TOLERANCE times their
+# diagonal, so that every pixel the tolerant inside test accepts is a
+# candidate: a pixel with barycentric b_i = -t lies t * altitude_i outside
+# edge i, and no altitude exceeds the box diagonal.
 _BBOX_SLACK = 1e-3
 
 
@@ -88,11 +90,15 @@ def _pixel_spans(screen, faces, height, width):
   """
   tri = tf.gather(screen, faces, axis=1)  # [B, T, 3, 3]
   finite = tf.reduce_all(tf.math.is_finite(tri), axis=[-2, -1])
+  coords = tf.where(finite[..., None, None], tri[..., :2], 0.0)
+  box_low = tf.reduce_min(coords, axis=-2)  # [B, T, 2]
+  box_high = tf.reduce_max(coords, axis=-2)
+  slack = _BBOX_SLACK + INSIDE_TOLERANCE * tf.norm(box_high - box_low,
+                                                   axis=-1)
   spans = []
   for axis, size in ((0, width), (1, height)):
-    coords = tf.where(finite[..., None], tri[..., axis], 0.0)
-    low = tf.math.ceil(tf.reduce_min(coords, axis=-1) - _BBOX_SLACK)
-    high = tf.math.floor(tf.reduce_max(coords, axis=-1) + _BBOX_SLACK)
+    low = tf.math.ceil(box_low[..., axis] - slack)
+    high = tf.math.floor(box_high[..., axis] + slack)
     low = tf.cast(tf.clip_by_value(low, 0.0, size), tf.int32)
     high = tf.cast(tf.clip_by_value(high, -1.0, size - 1.0), tf.int32)
     span = tf.where(finite, tf.maximum(high - low + 1, 0), 0)
