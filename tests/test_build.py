@@ -129,9 +129,13 @@ _THIRD_PARTY = {
     "numpy": "numpy",
     "PIL": "pillow",
     "pytest": "pytest",
+    "tensorboard": "tensorboard",
     "tensorflow": "tensorflow",
     "tensorflow_graphics": "tensorflow-graphics",
     "tensorflow_serving": "tensorflow-serving-api",
+    "torch": "torch",
+    "trimesh": "trimesh",
+    "ai_edge_litert": "ai-edge-litert",
 }
 
 

@@ -34,7 +34,8 @@ def test_outputs_have_documented_shapes_and_ranges():
   model = tiny_model()
   out = model(images(), training=False)
   expected = {
-      "canon_depth": (2, S, S), "canon_albedo": (2, S, S, 3),
+      "canon_depth": (2, S, S), "canon_depth_unbordered": (2, S, S),
+      "canon_albedo": (2, S, S, 3),
       "canon_normal": (2, S, S, 3), "canon_diffuse_shading": (2, S, S, 1),
       "canon_image": (2, S, S, 3), "light": (2, 4), "light_direction": (2, 3),
       "view": (2, 6), "conf_sigma_l1": (2, S, S, 2),
@@ -45,6 +46,8 @@ def test_outputs_have_documented_shapes_and_ranges():
   depth = out["canon_depth"].numpy()
   border = 0.7 * 1.1 + 0.3 * 0.9
   np.testing.assert_allclose(depth[:, :, [0, 1, -2, -1]], border, rtol=1e-6)
+  np.testing.assert_array_equal(out["canon_depth_unbordered"][:, :, 2:-2],
+                                depth[:, :, 2:-2])
   assert depth.min() >= 0.9 - 1e-6 and depth.max() <= 1.1 + 1e-6
   # Like the reference, normals are divided by (|n| + 1e-7) and |tu x tv| is
   # only ~3e-5 at this focal length, so their norm is just below one.
@@ -85,7 +88,7 @@ def test_symmetric_factors_at_zero_view_give_identical_reconstructions():
   model = tiny_model()
   rng = np.random.default_rng(2)
   smooth = tf.image.resize(rng.normal(size=(2, 8, 8, 1)), [S, S])[..., 0]
-  depth = symmetric(model._canonical_depth(tf.cast(smooth, tf.float32)))
+  depth = symmetric(model._canonical_depth(tf.cast(smooth, tf.float32))[1])
   albedo = symmetric(tf.constant(rng.uniform(-1, 1, (2, S, S, 3)), tf.float32))
   light = tf.constant([[0.2, 0.5, 0.0, 0.4], [-0.3, 0.9, 0.0, -0.2]])
   out = model.reconstruct(depth, albedo, light, tf.zeros([2, 6]))
@@ -105,7 +108,7 @@ def test_mirrored_branch_renders_the_mirrored_factors():
   model = tiny_model()
   rng = np.random.default_rng(3)
   smooth = tf.image.resize(rng.normal(size=(1, 8, 8, 1)), [S, S])[..., 0]
-  depth = model._canonical_depth(tf.cast(smooth, tf.float32))
+  depth = model._canonical_depth(tf.cast(smooth, tf.float32))[1]
   albedo = tf.constant(rng.uniform(-1, 1, (1, S, S, 3)), tf.float32)
   light = tf.constant([[0.0, 0.5, 0.0, 0.3]])  # dx = 0: mirror-invariant light
   out = model.reconstruct(depth, albedo, light, tf.zeros([1, 6]))

@@ -100,5 +100,50 @@ def test_yawed_plane_renders_the_ray_plane_intersection():
   np.testing.assert_allclose(depth[face], expected[face], atol=1e-6)
 
 
+@pytest.mark.parametrize("view,light", [
+    ((0.0, 0.0, 0.0, 0.0, 0.0, 0.0), (0.4, 0.6, 0.0, 0.0)),
+    ((0.1, 0.35, -0.08, 0.01, -0.008, 0.0), (0.3, 0.7, 0.45, -0.3)),
+    ((-0.15, -0.4, 0.1, -0.01, 0.01, 0.0), (0.5, 0.4, -0.4, 0.35))])
+def test_model_renders_the_ground_truth_factors_like_the_generator(view,
+                                                                   light):
+  """The two renderers check each other: the model's TensorFlow path, fed
+  the generator's canonical depth, albedo, light and view, reproduces the
+  NumPy ray-caster's image and depth on the face."""
+  from tf_unsup3d import model as model_lib  # pylint: disable=g-import-not-at-top
+  s = 64
+  params = instance(seed=5)
+  canon_depth, albedo, _ = synthetic.canonical_maps(params, s)
+  image, depth = synthetic.render_instance(params, view, light, s)
+  model = model_lib.Unsup3D(nf=8, zdim=16, light_view_nf=8, conf_zdim=16,
+                            lam_perc=0.0, vgg_weights=None,
+                            z_translation_range=0.0)
+  # The generator lights the posed face in the camera frame, the model the
+  # canonical face: the same shading for the canonical light R^T l.
+  rot = synthetic._rotation(*view[:3])  # pylint: disable=protected-access
+  l_canon = rot.T @ np.array([light[2], light[3], 1.0])
+  # Network-range inputs: the model rescales them to the factors above.
+  raw_light = [2 * light[0] - 1, 2 * light[1] - 1, l_canon[0] / l_canon[2],
+               l_canon[1] / l_canon[2]]
+  raw_view = [a / math.radians(60) for a in view[:3]] + [
+      t / 0.1 for t in view[3:5]] + [0.0]
+  out = model.reconstruct(
+      tf.constant(canon_depth[None], tf.float32),
+      tf.constant(albedo[None] * 2 - 1, tf.float32),
+      tf.constant([raw_light], tf.float32), tf.constant([raw_view], tf.float32))
+  face = depth < synthetic.MAX_DEPTH
+  # Away from the silhouette, where the two sample the surface differently.
+  inner = tf.nn.erosion2d(
+      tf.constant(face[None, ..., None], tf.float32), tf.zeros([5, 5, 1]),
+      [1, 1, 1, 1], "SAME", "NHWC", [1, 1, 1, 1]).numpy()[0, ..., 0] > 0.5
+  assert inner.mean() > 0.2
+  # Self-occlusion edges (the nose seen from the side) also differ: a few
+  # pixels may.
+  depth_error = np.abs(out["recon_depth"].numpy()[0] - depth)[inner]
+  assert np.mean(depth_error < 2e-3) > 0.99, np.sort(depth_error)[-10:]
+  error = np.abs(out["recon_image"].numpy()[0] - image)[inner]
+  assert error.mean() < 0.01 and np.percentile(error, 95) < 0.03, (
+      error.mean(), np.percentile(error, 95))
+
+
 if __name__ == "__main__":
   raise SystemExit(pytest.main([__file__]))

@@ -33,6 +33,7 @@ class Unsup3D(keras.Model):
   | key | shape | values |
   | --- | --- | --- |
   | canon_depth | [B, S, S] | scene units, [min_depth, max_depth] (border columns: border_depth) |
+  | canon_depth_unbordered | [B, S, S] | the same before the border is fixed (smoothness loss) |
   | canon_albedo | [B, S, S, 3] | [0, 1] |
   | canon_normal | [B, S, S, 3] | unit vectors, pointing away from the camera |
   | canon_diffuse_shading | [B, S, S, 1] | max(0, n . l) in [0, 1] |
@@ -151,12 +152,13 @@ class Unsup3D(keras.Model):
     return tf.cast(images, tf.float32)
 
   def _canonical_depth(self, raw):
-    """Raw netD output `[B, S, S]` -> canonical depth with the fixed border."""
+    """Raw netD output `[B, S, S]` -> canonical depth without, and with, the
+    two leftmost and rightmost columns fixed at border_depth."""
     depth = raw - tf.reduce_mean(raw, axis=[1, 2], keepdims=True)
     depth = _rescale(tf.tanh(depth), self.min_depth, self.max_depth)
     s = self.image_size
     border = tf.constant([1.0] * 2 + [0.0] * (s - 4) + [1.0] * 2)
-    return depth * (1.0 - border) + border * self.border_depth
+    return depth, depth * (1.0 - border) + border * self.border_depth
 
   def call(self, images, training=False):
     with tf.name_scope("unsup3d"):
@@ -164,9 +166,10 @@ class Unsup3D(keras.Model):
       # Networks may compute in a mixed-precision policy; geometry is float32.
       run = lambda net: tf.nest.map_structure(
           lambda t: tf.cast(t, tf.float32), net(x, training=training))
-      depth = self._canonical_depth(run(self.net_depth)[..., 0])
+      unbordered, depth = self._canonical_depth(run(self.net_depth)[..., 0])
       outputs = self.reconstruct(depth, run(self.net_albedo),
                                  run(self.net_light), run(self.net_view))
+      outputs["canon_depth_unbordered"] = unbordered
       if self.use_conf_map:
         sigma_l1, sigma_perc = run(self.net_conf)
         outputs["conf_sigma_l1"] = sigma_l1
@@ -282,8 +285,10 @@ class Unsup3D(keras.Model):
         total += self.lam_perc * (terms["perceptual"] +
                                   lam_flip * terms["perceptual_flip"])
       if self.lam_depth_sm > 0:
+        # Before the border is fixed, like the reference.
         terms["depth_smoothness"] = ratio(losses.depth_smoothness_sums(
-            outputs["canon_depth"], self.min_depth, self.max_depth))
+            outputs["canon_depth_unbordered"], self.min_depth,
+            self.max_depth))
         total += self.lam_depth_sm * terms["depth_smoothness"]
       terms["total"] = total
       return terms

@@ -8,6 +8,18 @@ from tensorflow_graphics.rendering.reflectance import lambertian
 _EPS = 1e-7
 
 
+def _cross(a, b):
+  """Cross product over the last axis from elementwise ops.
+
+  Same arithmetic as `tf.linalg.cross`, whose `Cross` op has no TFLite
+  builtin (the TFLite export converts the normals).
+  """
+  ax, ay, az = tf.unstack(a, axis=-1)
+  bx, by, bz = tf.unstack(b, axis=-1)
+  return tf.stack([ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx],
+                  axis=-1)
+
+
 def normals_from_points(points):
   """Unit normals of a lifted depth grid by central differences.
 
@@ -27,7 +39,7 @@ def normals_from_points(points):
       raise ValueError(f"points must be [B, H, W, 3], got {points.shape}.")
     tu = points[:, 1:-1, 2:] - points[:, 1:-1, :-2]
     tv = points[:, 2:, 1:-1] - points[:, :-2, 1:-1]
-    normal = tf.linalg.cross(tu, tv)
+    normal = _cross(tu, tv)
     normal = normal / (tf.norm(normal, axis=-1, keepdims=True) + _EPS)
     # Pad x and y with 0 and z with 1: the border normal is (0, 0, 1).
     paddings = [[0, 0], [1, 1], [1, 1], [0, 0]]
@@ -76,10 +88,13 @@ def diffuse_shading(normal, light_dir, view_dir):
           surface_normal=-n,
           albedo=tf.ones_like(n))[..., :1]
 
-    # Per example, vectorised: `brdf` broadcasts to the *static* shape with
-    # unknown dimensions taken as 1, which breaks graphs traced with an
-    # unknown batch size (serving signatures); one example's shape is known.
-    visible = tf.vectorized_map(gate, (normal, light_dir, view_dir))
+    if normal.shape[0] is not None:
+      visible = gate((normal, light_dir[:, None, None, :], view_dir))
+    else:
+      # `brdf` broadcasts to the *static* shape with unknown dimensions taken
+      # as 1, which breaks graphs traced with an unknown batch size (serving
+      # signatures); per example, vectorised, every shape is known.
+      visible = tf.vectorized_map(gate, (normal, light_dir, view_dir))
     cosine = tf.reduce_sum(normal * light_dir[:, None, None, :], axis=-1,
                            keepdims=True)
     return visible * tf.nn.relu(cosine)

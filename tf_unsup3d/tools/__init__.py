@@ -1,0 +1,1 @@
+"""Command-line tools around the model: reference checkpoint import."""
