@@ -122,6 +122,7 @@ def test_deps_cover_the_imports_each_file_makes():
 # Import name -> PyPI name, for third-party packages a target may use.
 _THIRD_PARTY = {
     "absl": "absl-py",
+    "grpc": "grpcio",
     "gin": "gin-config",
     "h5py": "h5py",
     "keras": "keras",

@@ -1,0 +1,1 @@
+"""Deployment: TF Serving SavedModel and LiteRT (TFLite) export, serving client."""

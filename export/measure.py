@@ -1,0 +1,98 @@
+r"""TFLite accuracy and SavedModel / TFLite latency, for README's tables.
+
+    python -m export.measure --gin_file=gin_configs/synthetic.gin \
+        [--checkpoint=runs/synthetic] [--runs=20] [--seeds=3]
+
+Exports the model (random weights without --checkpoint) to a temporary
+SavedModel and to every TFLite variant, prints each variant's max abs
+difference to the SavedModel per output (max over --seeds random-weight
+models and two kinds of images when there is no checkpoint), and the median
+latency of --runs batch-1 calls of each, after one warm-up call.
+"""
+
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+import tensorflow as tf
+
+from export import export_savedmodel
+from export import export_tflite
+from tf_unsup3d import configurable
+from tf_unsup3d import evaluate
+from tf_unsup3d import model as model_lib
+
+
+def median_latency_ms(fn, runs):
+  fn()
+  times = []
+  for _ in range(runs):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return 1000.0 * float(np.median(times))
+
+
+def define_flags():
+  configurable.gin_flags()
+  flags.DEFINE_string("checkpoint", None, "Optional trained weights.")
+  flags.DEFINE_integer("runs", 20, "Timed calls per measurement.")
+  flags.DEFINE_integer("seeds", 3, "Random-weight models (no checkpoint).")
+  flags.DEFINE_integer("num_threads", None, "LiteRT interpreter threads.")
+
+
+def main(argv):
+  del argv
+  configurable.parse_gin_flags(skip_unknown=("train", "generate_synthetic",
+                                             "make_dataset"))
+  args = flags.FLAGS
+  rng = np.random.default_rng(0)
+  images = np.concatenate([export_tflite.validation_images(count=2),
+                           rng.uniform(size=(2, 64, 64, 3))]).astype(np.float32)
+  worst = {q: dict.fromkeys(export_tflite.INFERENCE_OUTPUTS, 0.0)
+           for q in export_tflite.QUANTIZATIONS}
+  seeds = [0] if args.checkpoint else list(range(args.seeds))
+  for seed in seeds:
+    tf.keras.utils.set_random_seed(seed)
+    if args.checkpoint:
+      model = evaluate.load_model(args.checkpoint)
+    else:
+      model = model_lib.Unsup3D(vgg_weights=None)
+      model.build((None, model.image_size, model.image_size, 3))
+    with tempfile.TemporaryDirectory() as tmp:
+      path = export_savedmodel.export_saved_model(model, tmp)
+      serving = tf.saved_model.load(path).signatures["serving_default"]
+      expected = {k: v.numpy() for k, v in serving(images=images).items()}
+      one = tf.constant(images[:1])
+      if seed == seeds[0]:
+        print(f"SavedModel serving_default, batch 1: "
+              f"{median_latency_ms(lambda: serving(images=one), args.runs):.1f}"
+              " ms (median)")
+      for quantization in export_tflite.QUANTIZATIONS:
+        tflite = export_tflite.convert(
+            export_tflite.inference_model(model), quantization)
+        diffs = export_tflite.max_abs_diffs(
+            export_tflite.tflite_predict(tflite, images, args.num_threads),
+            expected)
+        for key, diff in diffs.items():
+          worst[quantization][key] = max(worst[quantization][key], diff)
+        if seed == seeds[0]:
+          from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+          runner = Interpreter(model_content=tflite,
+                               num_threads=args.num_threads
+                               ).get_signature_runner()
+          ms = median_latency_ms(lambda: runner(images=images[:1]), args.runs)
+          print(f"TFLite {quantization}: {len(tflite) / 1e6:.2f} MB, batch 1: "
+                f"{ms:.2f} ms (median)")
+  for quantization, diffs in worst.items():
+    print(f"max abs diff to SavedModel, {quantization}:")
+    for key, diff in diffs.items():
+      print(f"  {key:24s} {diff:.2e} (tolerance "
+            f"{export_tflite.TOLERANCES[quantization][key]:.2g})")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,1 @@
+"""TF Serving configuration and the gRPC / REST client."""

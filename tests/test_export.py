@@ -1,0 +1,351 @@
+"""SavedModel / TF Serving export, serving client and TFLite export.
+
+One tiny random-weight model is exported once per module; every test runs
+against that export. tensorflow_model_server cannot be installed here, so
+the client is tested up to the wire: request protos and JSON bodies are
+serialised, parsed back, run through the loaded signatures and answered
+with the response a server would build.
+"""
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+import tensorflow as tf
+
+from export import export_savedmodel
+from export import export_tflite
+from export.serving import client
+from tf_unsup3d import model as model_lib
+from tf_unsup3d import preprocessing
+from tensorflow_serving.apis import predict_pb2
+
+MAX_PIXELS = 200 * 200
+
+
+def _encode(array, fmt, mode=None):
+  buffer = io.BytesIO()
+  PIL.Image.fromarray(array, mode).save(buffer, format=fmt)
+  return buffer.getvalue()
+
+
+def _odd_files():
+  """Encoded images of odd sizes and kinds: name -> bytes."""
+  rng = np.random.default_rng(1)
+  rgb = rng.integers(0, 256, (37, 53, 3), np.uint8)
+  return {
+      "png": _encode(rgb, "PNG"),
+      "jpeg": _encode(rgb, "JPEG"),
+      "gray": _encode(rgb[..., 0], "PNG"),
+      "rgba": _encode(np.dstack([rgb, rgb[..., :1]]), "PNG"),
+      "png16": tf.io.encode_png(
+          rng.integers(0, 65536, (53, 37, 1)).astype(np.uint16)).numpy(),
+      "bmp": _encode(rgb, "BMP"),
+  }
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  """(model, version path, loaded SavedModel), exported once."""
+  tf.random.set_seed(0)
+  model = model_lib.Unsup3D(nf=8, zdim=16, light_view_nf=8, conf_zdim=16,
+                            lam_perc=0.0)
+  model.build((None, 64, 64, 3))
+  base = str(tmp_path_factory.mktemp("export") / "unsup3d")
+  path = export_savedmodel.export_saved_model(model, base,
+                                              max_pixels=MAX_PIXELS)
+  return model, path, tf.saved_model.load(path)
+
+
+def _max_diff(outputs, reference):
+  return max(float(np.max(np.abs(np.asarray(v) - np.asarray(reference[k]))))
+             for k, v in outputs.items())
+
+
+def test_layout_is_what_tf_serving_expects(exported):
+  _, path, _ = exported
+  assert os.path.basename(path) == "1"
+  assert os.listdir(os.path.dirname(path)) == ["1"]  # No temporary left.
+  assert os.path.isfile(os.path.join(path, "saved_model.pb"))
+  assert os.path.isdir(os.path.join(path, "variables"))
+  assert os.path.isfile(os.path.join(path, export_savedmodel.WARMUP_FILE))
+
+
+def test_images_signature_matches_keras(exported):
+  model, _, loaded = exported
+  images = np.random.default_rng(0).uniform(size=(3, 64, 64, 3)).astype(
+      np.float32)
+  outputs = loaded.signatures["serving_default"](images=tf.constant(images))
+  assert set(outputs) == set(export_savedmodel.OUTPUTS)
+  reference = model(images)
+  assert _max_diff(outputs, reference) <= 1e-5
+  # Dynamic batch: batch 1 works too (oneDNN may pick other kernels per
+  # batch size, so compare with Keras at the same batch size).
+  single = loaded.signatures["serving_default"](images=images[1:2])
+  assert _max_diff(single, model(images[1:2])) <= 1e-5
+
+
+def test_bytes_signature_matches_keras_on_any_image(exported):
+  model, _, loaded = exported
+  files = _odd_files()
+  data = tf.constant(list(files.values()))
+  outputs = loaded.signatures["predict_images_bytes"](image_bytes=data)
+  assert set(outputs) == set(export_savedmodel.OUTPUTS)
+  images = tf.stack([preprocessing.decode_image(d) for d in files.values()])
+  assert images.shape == (len(files), 64, 64, 3)
+  assert _max_diff(outputs, model(images)) <= 1e-5
+
+
+def test_bytes_of_a_64_pixel_png_equal_the_images_signature(exported):
+  _, _, loaded = exported
+  pixels = np.random.default_rng(2).integers(0, 256, (2, 64, 64, 3), np.uint8)
+  files = [_encode(p, "PNG") for p in pixels]
+  images = tf.image.convert_image_dtype(pixels, tf.float32)
+  # A 64 x 64 file is not resampled: the model sees its pixels (to an ulp).
+  np.testing.assert_allclose(preprocessing.decode_images(files), images,
+                             rtol=0, atol=1e-7)
+  from_bytes = loaded.signatures["predict_images_bytes"](image_bytes=files)
+  from_floats = loaded.signatures["serving_default"](images=images)
+  # Two different graphs: oneDNN may fuse them differently, and normals of
+  # a near-flat random-weight depth amplify float32 rounding (up to ~4e-5).
+  assert _max_diff(from_bytes, from_floats) <= 1e-4
+
+
+def test_saved_model_cli_lists_the_documented_signatures(exported):
+  _, path, _ = exported
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  text = subprocess.run(
+      [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli",
+       "show", "--all", "--dir", path], check=True, capture_output=True,
+      text=True, env=env).stdout
+  blocks = re.split(r"signature_def\['([^']+)'\]:", text)[1:]
+  signatures = dict(zip(blocks[::2], blocks[1::2]))
+  signatures.pop("__saved_model_init_op", None)
+  assert set(signatures) == set(export_savedmodel.SIGNATURES)
+  for name, block in signatures.items():
+    inputs = re.findall(r"inputs\['([^']+)'\]", block)
+    outputs = re.findall(r"outputs\['([^']+)'\]", block)
+    assert inputs == [client.INPUT_NAMES[name]]
+    assert set(outputs) == set(export_savedmodel.OUTPUTS)
+  assert "shape: (-1, 64, 64, 3)" in signatures["serving_default"]
+  assert "DT_STRING" in signatures["predict_images_bytes"]
+
+
+def test_every_warmup_request_runs(exported):
+  _, path, loaded = exported
+  requests = export_savedmodel.read_warmup_requests(
+      os.path.join(path, export_savedmodel.WARMUP_FILE))
+  assert sorted(r.model_spec.signature_name for r in requests) == sorted(
+      export_savedmodel.SIGNATURES)
+  for request in requests:
+    signature, inputs = client.request_inputs(request)
+    outputs = loaded.signatures[signature](**inputs)
+    batch = len(next(iter(inputs.values())))
+    assert outputs["canon_depth"].shape == (batch, 64, 64)
+    assert np.all(np.isfinite(outputs["recon_image"]))
+
+
+def test_bytes_signature_rejects_an_oversize_image(exported):
+  _, _, loaded = exported
+  big = np.zeros((150, 300, 3), np.uint8)  # 45000 > MAX_PIXELS pixels
+  for data in (_encode(big, "PNG"), _encode(big, "JPEG")):
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="Image too large"):
+      loaded.signatures["predict_images_bytes"](image_bytes=[data])
+
+
+def test_oversize_is_rejected_from_the_header_before_decoding(exported):
+  _, _, loaded = exported
+  # A PNG header claiming 100000 x 100000 pixels and no pixel data: the
+  # decoder would fail differently (or allocate 30 GB) if it ran first.
+  header = bytearray(_encode(np.zeros((8, 8, 3), np.uint8), "PNG")[:33])
+  header[16:24] = (100000).to_bytes(4, "big") * 2
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=r"Image too large:\] \[100000\] \[x\] \[100000\]"):
+    loaded.signatures["predict_images_bytes"](image_bytes=[bytes(header)])
+
+
+def test_bytes_signature_rejects_a_non_image(exported):
+  _, _, loaded = exported
+  good = _odd_files()["png"]
+  with pytest.raises(tf.errors.InvalidArgumentError, match="Not an image"):
+    loaded.signatures["predict_images_bytes"](
+        image_bytes=[good, b"this is not an image"])
+
+
+def test_versions_are_never_overwritten_without_the_flag(exported, tmp_path,
+                                                         monkeypatch):
+  model = exported[0]
+  saved = []
+
+  class FakeModule:  # Tracing the real signatures would take seconds.
+    def __init__(self, model, max_pixels):
+      del model, max_pixels
+
+    def signatures(self):
+      return dict.fromkeys(export_savedmodel.SIGNATURES)
+
+  def fake_save(module, path, signatures):
+    del module
+    os.makedirs(os.path.join(path, "variables"))
+    with open(os.path.join(path, "saved_model.pb"), "w") as f:
+      f.write(str(len(saved)))
+    saved.append(sorted(signatures))
+
+  monkeypatch.setattr(export_savedmodel, "ServingModule", FakeModule)
+  monkeypatch.setattr(export_savedmodel.tf.saved_model, "save", fake_save)
+  base = str(tmp_path / "m")
+  read = lambda v: open(os.path.join(base, v, "saved_model.pb")).read()
+  assert export_savedmodel.export_saved_model(model, base).endswith("/1")
+  assert export_savedmodel.export_saved_model(model, base).endswith("/2")
+  with pytest.raises(FileExistsError, match="--overwrite"):
+    export_savedmodel.export_saved_model(model, base, version=1)
+  assert read("1") == "0"
+  export_savedmodel.export_saved_model(model, base, version=1, overwrite=True)
+  assert read("1") == "2"
+  export_savedmodel.export_saved_model(model, base, version=7)
+  assert export_savedmodel.existing_versions(base) == [1, 2, 7]
+  assert export_savedmodel.export_saved_model(model, base).endswith("/8")
+  assert saved[0] == sorted(export_savedmodel.SIGNATURES)
+
+  def crash(*args, **kwargs):
+    del args, kwargs
+    raise RuntimeError("disk full")
+
+  monkeypatch.setattr(export_savedmodel.tf.saved_model, "save", crash)
+  with pytest.raises(RuntimeError):
+    export_savedmodel.export_saved_model(model, base)
+  with pytest.raises(RuntimeError):
+    export_savedmodel.export_saved_model(model, base, version=1,
+                                         overwrite=True)
+  # No half version, no temporary folder, the old version 1 intact.
+  assert sorted(os.listdir(base)) == ["1", "2", "7", "8"]
+  assert read("1") == "2"
+
+
+def test_serving_config_parses_as_tf_serving_reads_it():
+  from google.protobuf import text_format  # pylint: disable=g-import-not-at-top
+  from tensorflow_serving.config import model_server_config_pb2  # pylint: disable=g-import-not-at-top
+  folder = os.path.join(os.path.dirname(__file__), "..", "export", "serving")
+  with open(os.path.join(folder, "models.config")) as f:
+    config = text_format.Parse(f.read(),
+                               model_server_config_pb2.ModelServerConfig())
+  assert [c.name for c in config.model_config_list.config] == [
+      client.DEFAULT_MODEL_NAME]
+  with open(os.path.join(folder, "batching_parameters.txt")) as f:
+    batching = f.read()
+  sizes = [int(v) for v in re.findall(r"allowed_batch_sizes: (\d+)", batching)]
+  assert sizes == sorted(sizes)
+  assert f"max_batch_size {{ value: {sizes[-1]} }}" in batching
+
+
+def _grpc_round_trip(loaded, inputs, signature=None):
+  request = client.make_predict_request(inputs, "unsup3d", signature)
+  wire = predict_pb2.PredictRequest.FromString(request.SerializeToString())
+  assert wire.model_spec.name == "unsup3d"
+  name, tensors = client.request_inputs(wire)
+  outputs = loaded.signatures[name](**tensors)
+  response = client.make_predict_response(
+      {k: v.numpy() for k, v in outputs.items()}, "unsup3d", name)
+  wire = predict_pb2.PredictResponse.FromString(response.SerializeToString())
+  return client.parse_predict_response(wire), outputs
+
+
+def test_grpc_request_and_response_round_trip(exported):
+  _, _, loaded = exported
+  images = np.random.default_rng(3).uniform(size=(2, 64, 64, 3)).astype(
+      np.float32)
+  files = list(_odd_files().values())[:3]
+  for inputs in (images, files):
+    parsed, outputs = _grpc_round_trip(loaded, inputs)
+    assert set(parsed) == set(export_savedmodel.OUTPUTS)
+    for key, value in outputs.items():
+      np.testing.assert_array_equal(parsed[key], value.numpy())
+  request = client.make_predict_request(files)
+  assert request.model_spec.signature_name == "predict_images_bytes"
+  assert client.make_predict_request(images, version=3).model_spec.version.value == 3
+
+
+def test_rest_payload_and_response_round_trip(exported):
+  _, _, loaded = exported
+  images = np.random.default_rng(4).uniform(size=(2, 64, 64, 3)).astype(
+      np.float32)
+  files = list(_odd_files().values())[:2]
+  for inputs, signature in ((images, "serving_default"),
+                            (files, "predict_images_bytes")):
+    body = json.dumps(client.rest_payload(inputs))
+    name, tensors = client.rest_payload_inputs(json.loads(body))
+    assert name == signature
+    outputs = loaded.signatures[name](**tensors)
+    answer = json.dumps(client.rest_response(outputs))
+    parsed = client.parse_rest_response(answer)
+    for key, value in outputs.items():
+      np.testing.assert_array_equal(parsed[key], value.numpy())
+  # The row format ("instances" answers) parses to the same arrays.
+  rows = [{k: v[i].tolist() for k, v in parsed.items()} for i in range(2)]
+  again = client.parse_rest_response({"predictions": rows})
+  for key, value in parsed.items():
+    np.testing.assert_array_equal(again[key], value)
+  with pytest.raises(RuntimeError, match="bad input"):
+    client.parse_rest_response('{"error": "bad input"}')
+
+
+def test_client_rejects_malformed_inputs():
+  with pytest.raises(ValueError, match=r"\[N, 64, 64, 3\]"):
+    client.make_predict_request(np.zeros((64, 64, 3)))
+  with pytest.raises(ValueError, match="Unknown signature"):
+    client.make_predict_request(np.zeros((1, 64, 64, 3)), signature_name="x")
+
+
+@pytest.fixture(scope="module")
+def tflite_files(exported, tmp_path_factory):
+  """Quantization -> (path, diffs measured by the exporter)."""
+  model, _, loaded = exported
+  serving = loaded.signatures["serving_default"]
+  folder = tmp_path_factory.mktemp("tflite")
+  files = {}
+  for quantization in export_tflite.QUANTIZATIONS:
+    path = str(folder / f"unsup3d_{quantization}.tflite")
+    diffs = export_tflite.export_tflite(
+        model, path, quantization, reference=lambda x: serving(images=x))
+    files[quantization] = (path, diffs)
+  return files
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quantization", export_tflite.QUANTIZATIONS)
+def test_tflite_matches_the_saved_model(exported, tflite_files, quantization):
+  _, _, loaded = exported
+  path, diffs = tflite_files[quantization]
+  assert set(diffs) == set(export_tflite.INFERENCE_OUTPUTS)
+  with open(path, "rb") as f:
+    tflite = f.read()
+  images = np.concatenate([
+      export_tflite.validation_images(count=1, seed=5),
+      np.random.default_rng(5).uniform(size=(1, 64, 64, 3))]).astype(
+          np.float32)
+  outputs = export_tflite.tflite_predict(tflite, images)
+  assert set(outputs) == set(export_tflite.INFERENCE_OUTPUTS)
+  expected = loaded.signatures["serving_default"](images=images)
+  diffs = export_tflite.max_abs_diffs(outputs, expected)
+  export_tflite.check_tolerances(diffs, quantization)
+  if quantization != "none":  # Quantized weights: a smaller file.
+    assert os.path.getsize(path) < 0.7 * os.path.getsize(
+        tflite_files["none"][0])
+
+
+def test_tflite_tolerance_check_names_the_failing_outputs():
+  diffs = dict.fromkeys(export_tflite.INFERENCE_OUTPUTS, 0.0)
+  diffs["canon_depth"] = 1.0
+  with pytest.raises(ValueError, match="canon_depth 1 >"):
+    export_tflite.check_tolerances(diffs, "none")
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__]))

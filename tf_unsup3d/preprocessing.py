@@ -1,0 +1,152 @@
+"""Encoded image files -> model inputs, in-graph (serving) and eagerly (demo).
+
+Any JPEG, PNG (8 or 16 bit, grey, grey + alpha, RGB, RGBA), GIF (first
+frame) or BMP becomes a `[S, S, 3]` float image in [0, 1]: decoded as RGB
+(grey replicated, alpha dropped), centre-cropped to a square and resized
+with an antialiasing area filter, as the training data pipeline does
+(`tf_unsup3d.data.datasets`).
+
+The pixel count is read from the file header before any pixel is decoded,
+so a huge image is rejected without allocating its buffer.
+"""
+
+import tensorflow as tf
+
+# 4096 x 4096: a 64 MiB RGB buffer at most, decoded and then downsampled.
+DEFAULT_MAX_PIXELS = 4096 * 4096
+
+FORMATS = ("jpeg", "png", "gif", "bmp")
+_MAGIC = {
+    "jpeg": b"\xff\xd8\xff",
+    "png": b"\x89PNG\r\n\x1a\n",
+    "gif": b"GIF8",
+    "bmp": b"BM",
+}
+
+
+def _bytes_at(data, offset, length):
+  """`length` bytes of scalar string `data` from `offset` as int64 `[length]`."""
+  piece = tf.strings.substr(data, offset, length)
+  return tf.cast(tf.io.decode_raw(piece, tf.uint8), tf.int64)
+
+
+def _uint(data, offset, length, big_endian):
+  """Unsigned integer of `length` bytes at `offset` (int64 scalar)."""
+  digits = _bytes_at(data, offset, length)
+  if big_endian:
+    digits = tf.reverse(digits, [0])
+  weights = tf.constant([256**i for i in range(length)], tf.int64)
+  return tf.reduce_sum(digits * weights)
+
+
+def format_index(data):
+  """Index into `FORMATS` of scalar string `data`, or -1 if none matches."""
+  with tf.name_scope("format_index"):
+    index = tf.constant(-1)
+    for i, name in reversed(list(enumerate(FORMATS))):
+      magic = _MAGIC[name]
+      match = tf.equal(tf.strings.substr(data, 0, len(magic)), magic)
+      index = tf.where(match, i, index)
+    return index
+
+
+def header_size(data):
+  """(height, width) int64 scalars from the header of an encoded image.
+
+  Reads only the header: JPEG through `tf.image.extract_jpeg_shape`, PNG
+  from its IHDR chunk, GIF from its logical screen descriptor, BMP from
+  its DIB header. Unknown formats and truncated headers give (0, 0): the
+  decoder reports those.
+  """
+  with tf.name_scope("header_size"):
+    data = tf.convert_to_tensor(data, tf.string)
+    # Zero padding: a truncated header reads as zeros instead of failing.
+    padded = tf.strings.join([data, tf.constant(b"\0" * 32)])
+
+    def jpeg():
+      shape = tf.image.extract_jpeg_shape(data, output_type=tf.int64)
+      return shape[0], shape[1]
+
+    def png():  # IHDR: width, height as big-endian uint32 at 16 and 20.
+      return (_uint(padded, 20, 4, big_endian=True),
+              _uint(padded, 16, 4, big_endian=True))
+
+    def gif():  # Logical screen: little-endian uint16 at 6 and 8.
+      return (_uint(padded, 8, 2, big_endian=False),
+              _uint(padded, 6, 2, big_endian=False))
+
+    def bmp():  # BITMAPINFOHEADER: little-endian int32 at 18 and 22.
+      width = _uint(padded, 18, 4, big_endian=False)
+      height = _uint(padded, 22, 4, big_endian=False)
+      # Height is negative for top-down bitmaps (two's complement).
+      height = tf.where(height >= 2**31, 2**32 - height, height)
+      return height, width
+
+    def unknown():
+      zero = tf.constant(0, tf.int64)
+      return zero, zero
+
+    index = format_index(data)
+    return tf.switch_case(tf.where(index < 0, len(FORMATS), index),
+                          [jpeg, png, gif, bmp, unknown])
+
+
+def center_crop_resize(image, size):
+  """Centre square crop of `[H, W, C]`, resized to `[size, size, C]` (area)."""
+  with tf.name_scope("center_crop_resize"):
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    side = tf.minimum(height, width)
+    image = tf.image.crop_to_bounding_box(
+        image, (height - side) // 2, (width - side) // 2, side, side)
+    # Already the right size: no resampling, so 64 x 64 files pass exactly.
+    resized = tf.cond(
+        tf.equal(side, size), lambda: tf.cast(image, tf.float32),
+        lambda: tf.image.resize(image, [size, size], method="area",
+                                antialias=True))
+    return tf.ensure_shape(resized, [size, size, image.shape[-1]])
+
+
+def decode_image(data, size=64, max_pixels=DEFAULT_MAX_PIXELS):
+  """One encoded image (scalar string) -> `[size, size, 3]` float32 in [0, 1].
+
+  Raises (`tf.errors.InvalidArgumentError`, eagerly or when the graph runs)
+  with a message saying why: not an image, or more than `max_pixels`
+  pixels (checked on the header before decoding, and again after).
+  """
+  with tf.name_scope("decode_image"):
+    data = tf.convert_to_tensor(data, tf.string)
+    length = tf.strings.length(data)
+    known = format_index(data) >= 0
+    check_format = tf.debugging.Assert(known, [
+        "Not an image: expected JPEG, PNG, GIF or BMP bytes; got",
+        length, "bytes starting with", tf.strings.substr(data, 0, 12)])
+    with tf.control_dependencies([check_format]):
+      height, width = header_size(data)
+
+    def check_size(height, width):
+      pixels = tf.cast(height, tf.float64) * tf.cast(width, tf.float64)
+      return tf.debugging.Assert(pixels <= float(max_pixels), [
+          "Image too large:", height, "x", width, "pixels, more than "
+          "max_pixels =", tf.constant(int(max_pixels), tf.int64),
+          "; downscale it before sending"])
+
+    with tf.control_dependencies([check_size(height, width)]):
+      image = tf.io.decode_image(data, channels=3, dtype=tf.float32,
+                                 expand_animations=False)
+    shape = tf.shape(image, out_type=tf.int64)
+    # The header may understate the size (e.g. a GIF frame): check again.
+    with tf.control_dependencies([check_size(shape[0], shape[1])]):
+      image = tf.identity(image)
+    image.set_shape([None, None, 3])
+    return center_crop_resize(image, size)
+
+
+def decode_images(data, size=64, max_pixels=DEFAULT_MAX_PIXELS):
+  """`[N]` encoded images -> `[N, size, size, 3]` float32 in [0, 1]."""
+  with tf.name_scope("decode_images"):
+    data = tf.convert_to_tensor(data, tf.string)
+    if data.shape.rank != 1:
+      raise ValueError(f"data must be a [N] string tensor, got {data.shape}.")
+    return tf.map_fn(
+        lambda d: decode_image(d, size, max_pixels), data,
+        fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
