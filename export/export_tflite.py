@@ -29,7 +29,6 @@ import tensorflow as tf
 from tf_unsup3d import configurable
 from tf_unsup3d import evaluate
 from tf_unsup3d import visualization
-from tf_unsup3d.rendering import shading
 
 QUANTIZATIONS = ("none", "float16", "dynamic_int8")
 INFERENCE_OUTPUTS = ("canon_depth", "canon_albedo", "canon_normal",
@@ -63,61 +62,16 @@ TOLERANCES = {
 }
 
 
-def _rescale(x, low, high):
-  """Maps x in [-1, 1] linearly onto [low, high] (as the model does)."""
-  return low + (x + 1.0) / 2.0 * (high - low)
-
-
-def _bordered_depth(model, raw):
-  """The model's canonical depth (border fixed) from raw netD output."""
-  depth = model._canonical_depth(raw)  # pylint: disable=protected-access
-  # Newer models return (unbordered, bordered) for the smoothness loss.
-  return depth[-1] if isinstance(depth, (tuple, list)) else depth
-
-
 class CanonicalFactors(keras.layers.Layer):
-  """Images -> canonical factors, with the trained networks of an `Unsup3D`.
-
-  The first half of `Unsup3D.call` and `reconstruct` (DESIGN section 3,
-  steps 1, 4, 5, 6) for the original branch only; no rendering.
-  """
+  """Images -> canonical factors with the trained networks of an `Unsup3D`
+  (`Unsup3D.canonical_factors`: no rasterisation)."""
 
   def __init__(self, model, **kwargs):
     super().__init__(name="canonical_factors", **kwargs)
     self.unsup3d = model
 
   def call(self, images):
-    with tf.name_scope("canonical_factors"):
-      m = self.unsup3d
-      x = tf.cast(images, tf.float32) * 2.0 - 1.0
-      run = lambda net: tf.cast(net(x, training=False), tf.float32)
-      depth = _bordered_depth(m, run(m.net_depth)[..., 0])
-      albedo = run(m.net_albedo)
-      light = run(m.net_light)
-      view = run(m.net_view)
-      ambient = _rescale(light[:, 0], *m.amb_light_range)
-      diffuse = _rescale(light[:, 1], *m.diff_light_range)
-      light_dir = shading.light_direction(light[:, 2:])
-      normal = m.renderer.normals_from_depth(depth)
-      diffuse_shading = shading.diffuse_shading(
-          normal, light_dir, m.renderer.view_directions(depth))
-      shading_map = (ambient[:, None, None, None] +
-                     diffuse[:, None, None, None] * diffuse_shading)
-      albedo01 = (albedo + 1.0) / 2.0
-      deg = np.pi / 180.0 * m.xyz_rotation_range
-      return {
-          "canon_depth": depth,
-          "canon_albedo": albedo01,
-          "canon_normal": normal,
-          "canon_diffuse_shading": diffuse_shading,
-          "canon_image": albedo01 * shading_map,
-          "light": tf.concat([tf.stack([ambient, diffuse], -1), light[:, 2:]],
-                             axis=-1),
-          "light_direction": light_dir,
-          "view": tf.concat([view[:, :3] * deg,
-                             view[:, 3:5] * m.xy_translation_range,
-                             view[:, 5:] * m.z_translation_range], axis=-1),
-      }
+    return self.unsup3d.canonical_factors(images)
 
 
 def inference_model(model, batch_size=1):

@@ -66,6 +66,20 @@ def test_outputs_have_documented_shapes_and_ranges():
   assert recon_depth.min() >= 0.8 - 1e-6 and recon_depth.max() <= 1.2 + 1e-6
 
 
+def test_canonical_factors_are_the_first_half_of_call():
+  """The inference half (no rasteriser) gives `call`'s canonical outputs."""
+  model = tiny_model()
+  x = images()
+  full = model(x, training=False)
+  half = model.canonical_factors(x)
+  assert set(half) == {"canon_depth", "canon_albedo", "canon_normal",
+                       "canon_diffuse_shading", "canon_image", "light",
+                       "light_direction", "view"}
+  for key, value in half.items():
+    np.testing.assert_allclose(value.numpy(), full[key].numpy(), atol=1e-6,
+                               err_msg=key)
+
+
 def test_bad_input_shape_names_the_expected_shape():
   model = tiny_model()
   with pytest.raises(ValueError, match=r"\[B, 64, 64, 3\]"):

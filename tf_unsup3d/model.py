@@ -67,6 +67,7 @@ class Unsup3D(keras.Model):
                lam_perc=1.0,
                lam_flip=0.5,
                lam_depth_sm=0.0,
+               depth_smoothness_norm="l1",
                nf=64,
                zdim=256,
                light_view_nf=32,
@@ -89,6 +90,8 @@ class Unsup3D(keras.Model):
       use_conf_map: predict confidence maps (heteroscedastic losses).
       lam_perc, lam_flip, lam_depth_sm: loss weights. lam_perc = 0 removes
         the VGG16 perceptual loss and its weights.
+      depth_smoothness_norm: 'l1' (the reference's total variation) or 'l2'
+        (squared differences: removes ripples without flattening slopes).
       nf, zdim: width and bottleneck of the depth and albedo nets (64, 256).
       light_view_nf: width of the light and view encoders (32).
       conf_zdim: bottleneck of the confidence net (128, width nf).
@@ -114,6 +117,10 @@ class Unsup3D(keras.Model):
     self.lam_perc = float(lam_perc)
     self.lam_flip = float(lam_flip)
     self.lam_depth_sm = float(lam_depth_sm)
+    if depth_smoothness_norm not in ("l1", "l2"):
+      raise ValueError("depth_smoothness_norm must be 'l1' (the reference) or "
+                       f"'l2', got {depth_smoothness_norm!r}.")
+    self.depth_smoothness_norm = depth_smoothness_norm
     self.renderer = renderer_lib.Renderer(
         image_size=image_size, fov=fov, min_depth=min_depth,
         max_depth=max_depth, rot_center_depth=rot_center_depth,
@@ -176,6 +183,72 @@ class Unsup3D(keras.Model):
         outputs["conf_sigma_perc"] = sigma_perc
       return outputs
 
+  def shade(self, canon_depth, canon_albedo, light):
+    """Lambertian shading of canonical factors (no weights, no rendering).
+
+    Args:
+      canon_depth: `[B, S, S]` canonical depth in scene units.
+      canon_albedo: `[B, S, S, 3]` albedo in [-1, 1] (network range).
+      light: `[B, 4]` light encoder output in [-1, 1].
+
+    Returns:
+      Dict: `normal` `[B, S, S, 3]`, `diffuse_shading` `[B, S, S, 1]`,
+      `canon_image` `[B, S, S, 3]` in about [-1, 1], `light` `[B, 4]`
+      (ambient and diffuse in their ranges, dx, dy) and `light_direction`.
+    """
+    with tf.name_scope("shade"):
+      ambient = _rescale(light[:, 0], *self.amb_light_range)
+      diffuse = _rescale(light[:, 1], *self.diff_light_range)
+      light_dir = shading.light_direction(light[:, 2:])
+      normal = self.renderer.normals_from_depth(canon_depth)
+      diffuse_shading = shading.diffuse_shading(
+          normal, light_dir, self.renderer.view_directions(canon_depth))
+      shading_map = (ambient[:, None, None, None] +
+                     diffuse[:, None, None, None] * diffuse_shading)
+      return {
+          "normal": normal,
+          "diffuse_shading": diffuse_shading,
+          "canon_image": (canon_albedo + 1.0) / 2.0 * shading_map * 2.0 - 1.0,
+          "light": tf.concat([tf.stack([ambient, diffuse], -1), light[:, 2:]],
+                             axis=-1),
+          "light_direction": light_dir,
+      }
+
+  def decode_view(self, view):
+    """`[B, 6]` view encoder output in [-1, 1] -> radians and scene units."""
+    return tf.concat([
+        view[:, :3] * (math.pi / 180.0 * self.xyz_rotation_range),
+        view[:, 3:5] * self.xy_translation_range,
+        view[:, 5:] * self.z_translation_range], axis=-1)
+
+  def canonical_factors(self, images, training=False):
+    """The inference half: images -> canonical factors, no rasterisation.
+
+    Args:
+      images: `[B, S, S, 3]` in [0, 1] (float, or uint8 in [0, 255]).
+
+    Returns:
+      Dict with `canon_depth`, `canon_albedo` ([0, 1]), `canon_normal`,
+      `canon_diffuse_shading`, `canon_image` ([0, 1]), `light`,
+      `light_direction` and `view`, as `call` returns them.
+    """
+    with tf.name_scope("canonical_factors"):
+      x = self._check_images(images) * 2.0 - 1.0
+      run = lambda net: tf.cast(net(x, training=training), tf.float32)
+      _, depth = self._canonical_depth(run(self.net_depth)[..., 0])
+      albedo = run(self.net_albedo)
+      shaded = self.shade(depth, albedo, run(self.net_light))
+      return {
+          "canon_depth": depth,
+          "canon_albedo": (albedo + 1.0) / 2.0,
+          "canon_normal": shaded["normal"],
+          "canon_diffuse_shading": shaded["diffuse_shading"],
+          "canon_image": (shaded["canon_image"] + 1.0) / 2.0,
+          "light": shaded["light"],
+          "light_direction": shaded["light_direction"],
+          "view": self.decode_view(run(self.net_view)),
+      }
+
   def reconstruct(self, canon_depth, canon_albedo, light, view):
     """Renders predicted factors into the input view (no weights involved).
 
@@ -193,23 +266,9 @@ class Unsup3D(keras.Model):
       # The mirrored branch shares light and view (DESIGN section 3, step 3).
       depth2 = tf.concat([canon_depth, _flip(canon_depth)], axis=0)
       albedo2 = tf.concat([canon_albedo, _flip(canon_albedo)], axis=0)
-      light2 = tf.tile(light, [2, 1])
-      view_raw2 = tf.tile(view, [2, 1])
-
-      ambient = _rescale(light2[:, 0], *self.amb_light_range)
-      diffuse = _rescale(light2[:, 1], *self.diff_light_range)
-      light_dir = shading.light_direction(light2[:, 2:])
-      normal = self.renderer.normals_from_depth(depth2)
-      diffuse_shading = shading.diffuse_shading(
-          normal, light_dir, self.renderer.view_directions(depth2))
-      shading_map = (ambient[:, None, None, None] +
-                     diffuse[:, None, None, None] * diffuse_shading)
-      canon_image = (albedo2 + 1.0) / 2.0 * shading_map * 2.0 - 1.0
-
-      view2 = tf.concat([
-          view_raw2[:, :3] * (math.pi / 180.0 * self.xyz_rotation_range),
-          view_raw2[:, 3:5] * self.xy_translation_range,
-          view_raw2[:, 5:] * self.z_translation_range], axis=-1)
+      shaded = self.shade(depth2, albedo2, tf.tile(light, [2, 1]))
+      canon_image = shaded["canon_image"]
+      view2 = self.decode_view(tf.tile(view, [2, 1]))
       recon_depth = self.renderer.warp_canon_depth(depth2, view2)
       grid = self.renderer.inverse_warp_grid(recon_depth, view2)
       recon_image = sampling.bilinear_sample(canon_image, grid)
@@ -221,12 +280,11 @@ class Unsup3D(keras.Model):
       return {
           "canon_depth": canon_depth,
           "canon_albedo": to01(canon_albedo),
-          "canon_normal": normal[:batch],
-          "canon_diffuse_shading": diffuse_shading[:batch],
+          "canon_normal": shaded["normal"][:batch],
+          "canon_diffuse_shading": shaded["diffuse_shading"][:batch],
           "canon_image": to01(canon_image[:batch]),
-          "light": tf.concat([tf.stack([ambient[:batch], diffuse[:batch]], -1),
-                              light[:, 2:]], axis=-1),
-          "light_direction": light_dir[:batch],
+          "light": shaded["light"][:batch],
+          "light_direction": shaded["light_direction"][:batch],
           "view": view2[:batch],
           "recon_image": to01(recon_image[:batch]),
           "recon_image_flip": to01(recon_image[batch:]),
@@ -288,7 +346,7 @@ class Unsup3D(keras.Model):
         # Before the border is fixed, like the reference.
         terms["depth_smoothness"] = ratio(losses.depth_smoothness_sums(
             outputs["canon_depth_unbordered"], self.min_depth,
-            self.max_depth))
+            self.max_depth, self.depth_smoothness_norm))
         total += self.lam_depth_sm * terms["depth_smoothness"]
       terms["total"] = total
       return terms
