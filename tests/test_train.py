@@ -1,7 +1,9 @@
 """The training system end to end on tiny data: configs, resume, replicas."""
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -72,17 +74,19 @@ def test_xla_and_mixed_precision_switches_train(paired_data, tmp_path):
   assert keras.mixed_precision.global_policy().name == "float32"
 
 
-def run_cli(model_dir, data_dir, extra, wait=True):
+def run_cli(model_dir, data_dir, extra, wait=True, strategy="one_device",
+            env=None, capture=False):
   args = [sys.executable, "-m", "tf_unsup3d.train",
           f"--gin_file={ROOT}/gin_configs/synthetic.gin",
-          f"--model_dir={model_dir}", "--strategy=one_device"]
+          f"--model_dir={model_dir}", f"--strategy={strategy}"]
   args += [f"--gin_param={b}" for b in bindings("synthetic", data_dir, extra)]
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
   if wait:
     return subprocess.run(args, capture_output=True, text=True, cwd=ROOT,
                           env=env, timeout=600)
-  return subprocess.Popen(args, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL, cwd=ROOT, env=env)
+  output = subprocess.PIPE if capture else subprocess.DEVNULL
+  return subprocess.Popen(args, stdout=output, stderr=output, text=True,
+                          cwd=ROOT, env=env)
 
 
 @pytest.mark.slow
@@ -106,6 +110,46 @@ def test_killed_run_resumes_from_its_checkpoint(paired_data, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert f"at step {saved_step}," in result.stdout
   assert f"steps                    {saved_step + 2}" in result.stdout
+
+
+def launch_two_workers(model_dir, data_dir, extra):
+  """Two `--strategy=multi_worker` processes with a localhost TF_CONFIG."""
+  sockets = [socket.socket() for _ in range(2)]
+  for sock in sockets:
+    sock.bind(("localhost", 0))
+  workers = [f"localhost:{sock.getsockname()[1]}" for sock in sockets]
+  for sock in sockets:
+    sock.close()
+  processes = []
+  for index in range(2):
+    tf_config = json.dumps({"cluster": {"worker": workers},
+                            "task": {"type": "worker", "index": index}})
+    processes.append(run_cli(model_dir, data_dir, extra, wait=False,
+                             strategy="multi_worker",
+                             env={"TF_CONFIG": tf_config}, capture=True))
+  results = []
+  for process in processes:
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+    results.append(stdout)
+  return results
+
+
+@pytest.mark.slow
+def test_two_workers_train_and_only_the_chief_writes(paired_data, tmp_path):
+  """--strategy=multi_worker: both workers step together, worker 0 (the
+  chief) writes checkpoints, summaries and weights, and both resume."""
+  for stdout in launch_two_workers(tmp_path, paired_data,
+                                   ["train.max_steps = 3"]):
+    assert "steps                    3" in stdout
+  latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
+  assert latest is not None and latest.endswith("-3")
+  assert (tmp_path / "final.weights.h5").exists()
+  assert list((tmp_path / "train").glob("events.*"))
+  assert not list((tmp_path / "workers").glob("*"))  # scratch removed
+  for stdout in launch_two_workers(tmp_path, paired_data,
+                                   ["train.max_steps = 4"]):
+    assert "at step 3," in stdout and "steps                    4" in stdout
 
 
 def first_update(paired_data, tmp_path, devices):

@@ -94,31 +94,24 @@ def perceptual_loss(feat1, feat2, mask=None, conf_sigma=None):
   return numerator / denominator
 
 
-def depth_smoothness_sums(depth, min_depth, max_depth, norm="l1"):
+def depth_smoothness_sums(depth, min_depth, max_depth):
   """`depth_smoothness` as (sum of per-image terms, number of images)."""
-  if norm not in ("l1", "l2"):
-    raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}.")
   with tf.name_scope("depth_smoothness"):
     _check_rank(depth, 3, "depth", "[B, H, W]")
-    depth = depth / (max_depth - min_depth)
-    penalty = tf.abs if norm == "l1" else tf.square
-    vertical = tf.reduce_mean(penalty(depth[:, :-1, :] - depth[:, 1:, :]),
+    scale = max_depth - min_depth
+    vertical = tf.reduce_mean(tf.abs(depth[:, :-1, :] - depth[:, 1:, :]),
                               axis=[1, 2])
-    horizontal = tf.reduce_mean(penalty(depth[:, :, :-1] - depth[:, :, 1:]),
+    horizontal = tf.reduce_mean(tf.abs(depth[:, :, :-1] - depth[:, :, 1:]),
                                 axis=[1, 2])
     count = tf.cast(tf.shape(depth)[0], depth.dtype)
-    return tf.reduce_sum(vertical + horizontal), count
+    return tf.reduce_sum(vertical + horizontal) / scale, count
 
 
-def depth_smoothness(depth, min_depth, max_depth, norm="l1"):
-  """Smoothness prior on depth `[B, H, W]`, normalised by the depth range.
+def depth_smoothness(depth, min_depth, max_depth):
+  """Total-variation prior on depth `[B, H, W]`, normalised by the depth range.
 
-  With g = d / (max_depth - min_depth): norm 'l1' (the reference's total
-  variation) is mean |g[:, :-1] - g[:, 1:]| + mean |g[:, :, :-1] - g[:, :, 1:]|;
-  'l2' squares the differences instead, which charges short ripples far
-  more than broad slopes and, unlike L1, does not favour piecewise-planar
-  shapes. Scalar >= 0.
+  mean |d[:, :-1] - d[:, 1:]| + mean |d[:, :, :-1] - d[:, :, 1:]|, each
+  divided by (max_depth - min_depth). Scalar >= 0.
   """
-  numerator, denominator = depth_smoothness_sums(depth, min_depth, max_depth,
-                                                 norm)
+  numerator, denominator = depth_smoothness_sums(depth, min_depth, max_depth)
   return numerator / denominator

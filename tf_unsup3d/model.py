@@ -67,7 +67,6 @@ class Unsup3D(keras.Model):
                lam_perc=1.0,
                lam_flip=0.5,
                lam_depth_sm=0.0,
-               depth_smoothness_norm="l1",
                nf=64,
                zdim=256,
                light_view_nf=32,
@@ -90,8 +89,6 @@ class Unsup3D(keras.Model):
       use_conf_map: predict confidence maps (heteroscedastic losses).
       lam_perc, lam_flip, lam_depth_sm: loss weights. lam_perc = 0 removes
         the VGG16 perceptual loss and its weights.
-      depth_smoothness_norm: 'l1' (the reference's total variation) or 'l2'
-        (squared differences: removes ripples without flattening slopes).
       nf, zdim: width and bottleneck of the depth and albedo nets (64, 256).
       light_view_nf: width of the light and view encoders (32).
       conf_zdim: bottleneck of the confidence net (128, width nf).
@@ -117,10 +114,6 @@ class Unsup3D(keras.Model):
     self.lam_perc = float(lam_perc)
     self.lam_flip = float(lam_flip)
     self.lam_depth_sm = float(lam_depth_sm)
-    if depth_smoothness_norm not in ("l1", "l2"):
-      raise ValueError("depth_smoothness_norm must be 'l1' (the reference) or "
-                       f"'l2', got {depth_smoothness_norm!r}.")
-    self.depth_smoothness_norm = depth_smoothness_norm
     self.renderer = renderer_lib.Renderer(
         image_size=image_size, fov=fov, min_depth=min_depth,
         max_depth=max_depth, rot_center_depth=rot_center_depth,
@@ -346,7 +339,7 @@ class Unsup3D(keras.Model):
         # Before the border is fixed, like the reference.
         terms["depth_smoothness"] = ratio(losses.depth_smoothness_sums(
             outputs["canon_depth_unbordered"], self.min_depth,
-            self.max_depth, self.depth_smoothness_norm))
+            self.max_depth))
         total += self.lam_depth_sm * terms["depth_smoothness"]
       terms["total"] = total
       return terms

@@ -10,6 +10,7 @@ the final weights (model_dir/final.weights.h5).
 """
 
 import os
+import shutil
 import time
 
 from absl import app
@@ -48,6 +49,21 @@ def make_strategy(name):
   raise ValueError(f"Unknown strategy {name!r}.")
 
 
+def _worker_role(strategy):
+  """(is_chief, task id) under a multi-worker strategy; (True, 0) otherwise.
+
+  The chief is the `chief` task or, when the cluster has none, worker 0.
+  """
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not resolver.task_type:
+    return True, 0
+  task_type, task_id = resolver.task_type, resolver.task_id or 0
+  has_chief = "chief" in resolver.cluster_spec().as_dict()
+  is_chief = task_type == "chief" or (
+      task_type == "worker" and task_id == 0 and not has_chief)
+  return is_chief, task_id
+
+
 @gin.configurable(denylist=["model_dir", "strategy"])
 def train(model_dir, strategy, batch_size=64, num_epochs=30,
           learning_rate=1e-4, weight_decay=5e-4, adam_epsilon=1e-8,
@@ -83,7 +99,14 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
     seed: shuffling seed.
   """
   keras.utils.set_random_seed(seed)  # weights, shuffling and flips
-  os.makedirs(model_dir, exist_ok=True)
+  # Under MultiWorkerMirroredStrategy every worker runs this function and
+  # takes part in each save (saving is collective), but only the chief
+  # writes model_dir; the others save to a scratch folder, removed at the
+  # end, and write no summaries.
+  is_chief, task_id = _worker_role(strategy)
+  output_dir = model_dir if is_chief else os.path.join(
+      model_dir, "workers", f"worker_{task_id}")
+  os.makedirs(output_dir, exist_ok=True)
   data_dir = gin.query_parameter("make_dataset.data_dir")
   if generate_synthetic_data and not os.path.isdir(
       os.path.join(data_dir, "train")):
@@ -130,12 +153,14 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
   checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
                                    step=step, epoch=epoch)
   manager = tf.train.CheckpointManager(
-      checkpoint, os.path.join(model_dir, "checkpoints"), keep_checkpoints)
-  if manager.latest_checkpoint:
-    checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+      checkpoint, os.path.join(output_dir, "checkpoints"), keep_checkpoints)
+  # Every worker resumes from the chief's checkpoints.
+  latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+  if latest:
+    checkpoint.restore(latest).assert_existing_objects_matched()
     logging.info("Resumed from %s at step %d, epoch %d.",
-                 manager.latest_checkpoint, int(step.numpy()), int(epoch.numpy()))
-    print(f"Resumed from {manager.latest_checkpoint} at step {int(step.numpy())}, "
+                 latest, int(step.numpy()), int(epoch.numpy()))
+    print(f"Resumed from {latest} at step {int(step.numpy())}, "
           f"epoch {int(epoch.numpy())}.")
 
   variables = model.trainable_variables
@@ -181,8 +206,11 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
     return terms, gather(view), gather(light)
 
   predict = tf.function(lambda x: model(x, training=False))
-  writer = tf.summary.create_file_writer(os.path.join(model_dir, "train"))
-  val_writer = tf.summary.create_file_writer(os.path.join(model_dir, "val"))
+  if is_chief:
+    writer = tf.summary.create_file_writer(os.path.join(model_dir, "train"))
+    val_writer = tf.summary.create_file_writer(os.path.join(model_dir, "val"))
+  else:
+    writer = val_writer = tf.summary.create_noop_writer()
   preview = next(iter(val_data))["image"][:8]
   lam_flip_after = model.lam_flip
   start_time, start_step = time.perf_counter(), int(step.numpy())
@@ -221,7 +249,7 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
           tf.summary.histogram("view/translation", view[:, 3:])
           tf.summary.histogram("light/ambient_diffuse", light[:, :2])
           tf.summary.histogram("light/direction_dxdy", light[:, 2:])
-      if current % image_summary_every_steps == 0:
+      if is_chief and current % image_summary_every_steps == 0:
         summaries.write_images(writer, model, predict, preview, current)
       if current % checkpoint_every_steps == 0:
         manager.save(checkpoint_number=current)
@@ -232,15 +260,19 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
         break
     if not done:
       epoch.assign_add(1)
-      val_scores = validate(model, predict, val_data, val_writer,
-                            int(step.numpy()))
+      if is_chief:
+        val_scores = validate(model, predict, val_data, val_writer,
+                              int(step.numpy()))
       manager.save(checkpoint_number=int(step.numpy()))
   manager.save(checkpoint_number=int(step.numpy()))
-  summaries.write_images(writer, model, predict, preview, int(step.numpy()))
   final = os.path.join(model_dir, "final.weights.h5")
-  tmp = os.path.join(model_dir, "final.tmp.weights.h5")
-  model.save_weights(tmp)
-  os.replace(tmp, final)
+  if is_chief:
+    summaries.write_images(writer, model, predict, preview, int(step.numpy()))
+    tmp = os.path.join(model_dir, "final.tmp.weights.h5")
+    model.save_weights(tmp)
+    os.replace(tmp, final)
+  else:
+    shutil.rmtree(output_dir, ignore_errors=True)
   elapsed = time.perf_counter() - start_time
   trained = int(step.numpy()) - start_step
   summary = {
