@@ -127,12 +127,12 @@ def launch_two_workers(model_dir, data_dir, extra):
     processes.append(run_cli(model_dir, data_dir, extra, wait=False,
                              strategy="multi_worker",
                              env={"TF_CONFIG": tf_config}, capture=True))
-  results = []
-  for process in processes:
-    stdout, stderr = process.communicate(timeout=600)
-    assert process.returncode == 0, stderr[-3000:]
-    results.append(stdout)
-  return results
+  results = [process.communicate(timeout=600) for process in processes]
+  # A worker that crashes makes the other fail too: show every log.
+  assert all(p.returncode == 0 for p in processes), "\n".join(
+      f"worker {i} exit {p.returncode}: {err[-2000:]}"
+      for i, (p, (_, err)) in enumerate(zip(processes, results)))
+  return [stdout for stdout, _ in results]
 
 
 @pytest.mark.slow

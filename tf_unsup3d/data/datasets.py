@@ -11,6 +11,7 @@ import concurrent.futures
 import glob
 import json
 import os
+import tempfile
 
 from absl import logging
 import gin
@@ -97,11 +98,18 @@ def check_files(paths, cache_path=None):
       for path, ok in zip(todo, pool.map(_decodes, todo)):
         cache[key(path)] = ok
   if cache_path and todo:
-    os.makedirs(os.path.dirname(cache_path), exist_ok=True)
-    tmp = cache_path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(cache, f)
-    os.replace(tmp, cache_path)
+    directory = os.path.dirname(os.path.abspath(cache_path))
+    os.makedirs(directory, exist_ok=True)
+    # A private temporary name: several processes (the workers of one run)
+    # may write the same cache at once; each replace is atomic.
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    try:
+      with os.fdopen(fd, "w") as f:
+        json.dump(cache, f)
+      os.replace(tmp, cache_path)
+    except BaseException:
+      os.unlink(tmp)
+      raise
   good = [p for p in paths if cache[key(p)]]
   bad = [p for p in paths if not cache[key(p)]]
   for path in bad:
