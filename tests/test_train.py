@@ -160,6 +160,8 @@ def first_update(paired_data, tmp_path, devices):
       bindings("synthetic", paired_data, [
           "train.max_steps = 1", "train.image_summary_every_steps = 100",
           "make_dataset.shuffle_buffer = 1", "make_dataset.random_flip = False",
+          # Parallel decoding may otherwise reorder the training images.
+          "make_dataset.deterministic = True",
           # Adam's first step is lr * g / (|g| + eps): with eps = lr = 1 the
           # update is ~g itself, so gradient differences show in the weights.
           "train.learning_rate = 1.0", "train.adam_epsilon = 1.0"]))

@@ -151,7 +151,7 @@ def _resize(image, size, method="area"):
 def make_dataset(split, training, batch_size, data_dir=gin.REQUIRED,
                  layout="folder", image_size=64, crop_spec=None,
                  min_depth=0.9, max_depth=1.1, shuffle_buffer=2048,
-                 random_flip=True,
+                 random_flip=True, deterministic=None,
                  check_cache_dir=None, input_context=None, seed=0):
   """Batches of {'image' [B, S, S, 3] in [0, 1], 'depth' [B, S, S] (paired)}.
 
@@ -169,6 +169,9 @@ def make_dataset(split, training, batch_size, data_dir=gin.REQUIRED,
     min_depth, max_depth: depth PNG mapping.
     shuffle_buffer: examples in the shuffle buffer.
     random_flip: flip training images horizontally with probability 1/2.
+    deterministic: keep the element order through parallel reads and
+      decodes. None: yes except in training, where finished elements may
+      overtake slow ones (faster; the order is random anyway).
     check_cache_dir: where `check_files` keeps its results (e.g. model_dir).
     input_context: `tf.distribute.InputContext` for per-worker sharding.
     seed: shuffle / flip seed.
@@ -176,6 +179,7 @@ def make_dataset(split, training, batch_size, data_dir=gin.REQUIRED,
   Returns:
     (dataset, info) where info = {'num_files', 'num_skipped', 'skipped'}.
   """
+  ordered = (not training) if deterministic is None else bool(deterministic)
   if layout not in LAYOUTS:
     raise DataError(f"layout must be one of {LAYOUTS}, got {layout!r}.")
   has_depth = layout == "paired"
@@ -191,7 +195,7 @@ def make_dataset(split, training, batch_size, data_dir=gin.REQUIRED,
                               input_context.input_pipeline_id)
     dataset = dataset.interleave(tf.data.TFRecordDataset,
                                  num_parallel_calls=tf.data.AUTOTUNE,
-                                 deterministic=not training)
+                                 deterministic=ordered)
     has_depth = _tfrecord_has_depth(files[0])
     dataset = dataset.map(_parse_record, num_parallel_calls=tf.data.AUTOTUNE)
   else:
@@ -243,7 +247,7 @@ def make_dataset(split, training, batch_size, data_dir=gin.REQUIRED,
     dataset = dataset.shuffle(shuffle_buffer, seed=seed,
                               reshuffle_each_iteration=True)
   dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
-                        deterministic=not training)
+                        deterministic=ordered)
   # A record that still fails to decode is dropped rather than ending the run.
   dataset = dataset.ignore_errors(log_warning=True)
   dataset = dataset.batch(batch_size, drop_remainder=training)
