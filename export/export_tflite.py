@@ -26,9 +26,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_unsup3d import atomic_files
 from tf_unsup3d import configurable
 from tf_unsup3d import evaluate
-from tf_unsup3d import visualization
 
 QUANTIZATIONS = ("none", "float16", "dynamic_int8")
 INFERENCE_OUTPUTS = ("canon_depth", "canon_albedo", "canon_normal",
@@ -133,6 +133,13 @@ def check_tolerances(diffs, quantization):
                                for k, (d, t) in sorted(bad.items())))
 
 
+def format_diffs(diffs, quantization):
+  """One line per output: its max abs difference and its tolerance."""
+  return "\n".join(
+      f"  {key:24s} {diff:.2e} (tolerance "
+      f"{TOLERANCES[quantization][key]:.2g})" for key, diff in diffs.items())
+
+
 def validation_images(image_size=64, count=2, seed=0):
   """Smooth random images `[count, S, S, 3]` in [0, 1] for validation."""
   rng = np.random.default_rng(seed)
@@ -157,7 +164,7 @@ def export_tflite(model, output, quantization="none", reference=None):
   expected = {k: np.asarray(v) for k, v in reference(tf.constant(images)).items()}
   diffs = max_abs_diffs(tflite_predict(tflite_bytes, images), expected)
   check_tolerances(diffs, quantization)
-  visualization.write_bytes(output, tflite_bytes)
+  atomic_files.write_bytes(output, tflite_bytes)
   return diffs
 
 
@@ -189,9 +196,7 @@ def main(argv):
   diffs = export_tflite(model, args.output, args.quantization, reference)
   print(f"Wrote {args.output} ({os.path.getsize(args.output) / 1e6:.2f} MB, "
         f"{args.quantization}); max abs difference to TensorFlow:")
-  for key, diff in diffs.items():
-    print(f"  {key:24s} {diff:.2e} (tolerance "
-          f"{TOLERANCES[args.quantization][key]:.2g})")
+  print(format_diffs(diffs, args.quantization))
 
 
 if __name__ == "__main__":

@@ -88,9 +88,7 @@ def main(argv):
                 f"{ms:.2f} ms (median)")
   for quantization, diffs in worst.items():
     print(f"max abs diff to SavedModel, {quantization}:")
-    for key, diff in diffs.items():
-      print(f"  {key:24s} {diff:.2e} (tolerance "
-            f"{export_tflite.TOLERANCES[quantization][key]:.2g})")
+    print(export_tflite.format_diffs(diffs, quantization))
 
 
 if __name__ == "__main__":

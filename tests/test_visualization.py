@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
+from tf_unsup3d import atomic_files
 from tf_unsup3d import summaries
 from tf_unsup3d import visualization
 
@@ -66,7 +67,7 @@ def test_write_bytes_failure_keeps_the_old_file(tmp_path):
   path = tmp_path / "a.bin"
   path.write_bytes(b"old")
   with pytest.raises(TypeError):  # not bytes: fails mid-write
-    visualization.write_bytes(str(path), object())
+    atomic_files.write_bytes(str(path), object())
   assert path.read_bytes() == b"old"
   assert os.listdir(tmp_path) == ["a.bin"]
 

@@ -44,6 +44,7 @@ import PIL.Image
 import tensorflow as tf
 import trimesh
 
+from tf_unsup3d import atomic_files
 from tf_unsup3d import configurable
 from tf_unsup3d import evaluate
 from tf_unsup3d import preprocessing
@@ -197,7 +198,7 @@ def write_results(folder, image, outputs, predictor, num_frames, max_angle):
   for name, picture in pictures.items():
     visualization.write_png(os.path.join(folder, f"{name}.png"),
                             _to_uint8(np.asarray(picture)[0]))
-  visualization.write_bytes(
+  atomic_files.write_bytes(
       os.path.join(folder, "depth16.png"),
       tf.io.encode_png(depth_to_png16(depth[0], r.min_depth,
                                       r.max_depth)).numpy())
@@ -206,16 +207,16 @@ def write_results(folder, image, outputs, predictor, num_frames, max_angle):
               "turntable_shape": shape_shading(outputs["canon_normal"])}
   for name, texture in textures.items():
     frames = predictor.render_yaw(texture, depth, angles).numpy()[0]
-    visualization.write_bytes(os.path.join(folder, f"{name}.gif"),
+    atomic_files.write_bytes(os.path.join(folder, f"{name}.gif"),
                               visualization.encode_gif(frames, frame_ms=80))
   vertices, faces, uv = mesh_arrays(r, depth[0])
   albedo = _to_uint8(outputs["canon_albedo"][0])
   visualization.write_png(os.path.join(folder, "mesh_albedo.png"), albedo)
-  visualization.write_bytes(os.path.join(folder, "mesh.mtl"),
+  atomic_files.write_bytes(os.path.join(folder, "mesh.mtl"),
                             mtl_text("mesh_albedo.png").encode())
-  visualization.write_bytes(os.path.join(folder, "mesh.obj"),
+  atomic_files.write_bytes(os.path.join(folder, "mesh.obj"),
                             obj_text(vertices, faces, uv, "mesh.mtl").encode())
-  visualization.write_bytes(os.path.join(folder, "mesh.glb"),
+  atomic_files.write_bytes(os.path.join(folder, "mesh.glb"),
                             glb_bytes(vertices, faces, uv, albedo))
 
 
@@ -277,7 +278,7 @@ def run_demo(predictor, paths, output_dir, num_frames=16, max_angle=60.0,
                   num_frames, max_angle)
     done.append((name, path))
     logging.info("%s -> %s", path, os.path.join(output_dir, name))
-  visualization.write_bytes(os.path.join(output_dir, "index.html"),
+  atomic_files.write_bytes(os.path.join(output_dir, "index.html"),
                             index_html(done, skipped).encode("utf-8"))
   return done, skipped
 

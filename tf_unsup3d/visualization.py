@@ -1,12 +1,12 @@
 """Pictures of the factors: depth, normal and confidence maps as RGB, image grids."""
 
 import io
-import os
-import tempfile
 
 import numpy as np
 import PIL.Image
 import tensorflow as tf
+
+from tf_unsup3d import atomic_files
 
 
 def depth_to_rgb(depth, min_depth, max_depth):
@@ -98,18 +98,5 @@ def encode_gif(frames, frame_ms=100):
 
 def write_png(path, image):
   """Writes a uint8 `[H, W, C]` image to `path` atomically (temp file + rename)."""
-  write_bytes(path, tf.io.encode_png(np.asarray(image, np.uint8)).numpy())
-
-
-def write_bytes(path, data):
-  """Writes `data` to `path` atomically: a reader never sees half a file."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+  atomic_files.write_bytes(
+      path, tf.io.encode_png(np.asarray(image, np.uint8)).numpy())

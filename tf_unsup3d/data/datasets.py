@@ -11,11 +11,12 @@ import concurrent.futures
 import glob
 import json
 import os
-import tempfile
 
 from absl import logging
 import gin
 import tensorflow as tf
+
+from tf_unsup3d import atomic_files
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 LAYOUTS = ("folder", "paired", "tfrecord")
@@ -98,18 +99,8 @@ def check_files(paths, cache_path=None):
       for path, ok in zip(todo, pool.map(_decodes, todo)):
         cache[key(path)] = ok
   if cache_path and todo:
-    directory = os.path.dirname(os.path.abspath(cache_path))
-    os.makedirs(directory, exist_ok=True)
-    # A private temporary name: several processes (the workers of one run)
-    # may write the same cache at once; each replace is atomic.
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    try:
-      with os.fdopen(fd, "w") as f:
-        json.dump(cache, f)
-      os.replace(tmp, cache_path)
-    except BaseException:
-      os.unlink(tmp)
-      raise
+    # The workers of one run may write the same cache at once.
+    atomic_files.write_bytes(cache_path, json.dumps(cache).encode())
   good = [p for p in paths if cache[key(p)]]
   bad = [p for p in paths if not cache[key(p)]]
   for path in bad:

@@ -29,6 +29,8 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
+from tf_unsup3d import atomic_files
+
 MIN_DEPTH, MAX_DEPTH = 0.9, 1.1
 FOV = 10.0
 ROT_CENTER_DEPTH = 1.0
@@ -205,13 +207,6 @@ def sample_pose_and_light(rng, max_yaw=30.0):
   return view, light
 
 
-def _write(path, data):
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
-
-
 def generate(output_dir, num_train, num_val, num_test, image_size=64, seed=0,
              max_yaw=30.0, overwrite=False, progress=True):
   """Writes the dataset; returns the number of images per split."""
@@ -233,9 +228,11 @@ def generate(output_dir, num_train, num_val, num_test, image_size=64, seed=0,
       view, light = sample_pose_and_light(rng, max_yaw)
       image, depth = render_instance(params, view, light, image_size)
       png = tf.io.encode_png(np.round(image * 255).astype(np.uint8)).numpy()
-      _write(os.path.join(partial, "image", f"{i:06d}_image.png"), png)
+      atomic_files.write_bytes(
+          os.path.join(partial, "image", f"{i:06d}_image.png"), png)
       png = tf.io.encode_png(encode_depth(depth)[..., None]).numpy()
-      _write(os.path.join(partial, "depth", f"{i:06d}_depth.png"), png)
+      atomic_files.write_bytes(
+          os.path.join(partial, "depth", f"{i:06d}_depth.png"), png)
       done += 1
       if progress and (done % 50 == 0 or done == total):
         rate = done / (time.perf_counter() - start)
