@@ -207,9 +207,9 @@ def path_spy(monkeypatch):
 
 
 @pytest.mark.parametrize("size,seed,kwargs,path", [
-    (8, 0, {}, [("window", 6)]),
-    (12, 1, {}, [("window", 6)]),
-    (16, 2, {}, [("window", 6)]),
+    (8, 0, {}, [("window", 2), ("window", 6)]),
+    (12, 1, {}, [("window", 2), ("window", 6)]),
+    (16, 2, {}, [("window", 2), ("window", 6)]),
     # 242 triangles at S = 12: a chunk of 50 does not divide them.
     (12, 3, {"triangle_chunk": 50, "windows": DENSE}, [("dense", 50)]),
     # 450 triangles at S = 16: one chunk larger than all of them.

@@ -70,8 +70,8 @@ def test_frontal_view_of_a_symmetric_face_is_mirror_symmetric():
 
 
 def test_flat_face_renders_the_analytic_plane_depth_and_shading():
-  """All bumps off: the face is the plane z = 1.05 (frontal: constant depth;
-  normal (0, 0, 1), shading ambient + diffuse * l_z)."""
+  """All bumps off: the face is the plane z = BASE_DEPTH (frontal: constant
+  depth; normal (0, 0, 1), shading ambient + diffuse * l_z)."""
   params = instance(**FLAT, skin=np.ones(3), lip=np.ones(3))
   image, depth = synthetic.render_instance(params, (0, 0, 0, 0, 0, 0),
                                            (0.2, 0.6, 0.3, -0.4), 32)
@@ -82,8 +82,11 @@ def test_flat_face_renders_the_analytic_plane_depth_and_shading():
   np.testing.assert_allclose(centre, 0.2 + 0.6 * l_z, atol=1e-3)
 
 
-def test_yawed_plane_renders_the_ray_plane_intersection():
-  """The plane z = 1.05 turned by yaw a about (0, 0, 1)."""
+@pytest.mark.parametrize("base", [synthetic.BASE_DEPTH, 1.05])
+def test_yawed_plane_renders_the_ray_plane_intersection(base, monkeypatch):
+  """The plane z = base turned by yaw a about (0, 0, 1); a plane off the
+  rotation centre also checks where the centre is."""
+  monkeypatch.setattr(synthetic, "BASE_DEPTH", base)
   params = instance(**FLAT)
   a, s = 0.4, 32
   _, depth = synthetic.render_instance(params, (0, a, 0, 0, 0, 0),
@@ -93,7 +96,8 @@ def test_yawed_plane_renders_the_ray_plane_intersection():
   v, u = np.mgrid[0:s, 0:s]
   ray = np.stack([(u - c) / f, (v - c) / f, np.ones((s, s))], -1)
   normal = np.array([math.sin(a), 0, math.cos(a)])
-  anchor = np.array([0.05 * math.sin(a), 0, 1 + 0.05 * math.cos(a)])
+  offset = base - 1.0
+  anchor = np.array([offset * math.sin(a), 0, 1 + offset * math.cos(a)])
   expected = (anchor @ normal) / (ray @ normal)
   face = depth < synthetic.MAX_DEPTH
   assert face.mean() > 0.2

@@ -34,7 +34,12 @@ from tf_unsup3d import atomic_files
 MIN_DEPTH, MAX_DEPTH = 0.9, 1.1
 FOV = 10.0
 ROT_CENTER_DEPTH = 1.0
-BASE_DEPTH = 1.05        # the flat surround of the face, canonical frame
+# The face's rim, canonical frame: at the rotation centre, the face in front
+# of it. The model's depth is tanh of a zero-mean map, so a face in front of
+# the centre needs its (unseen) surround behind; with the rim behind the
+# centre (1.05, as before), the surround had to come in front of the face,
+# and the model learnt yaw with the wrong sign (README, learning benchmark).
+BASE_DEPTH = 1.0
 SPLITS = ("train", "val", "test")
 
 
@@ -69,8 +74,8 @@ def sample_instance(rng):
   """Random shape and albedo parameters of one face (a dict of floats)."""
   u = rng.uniform
   return {
-      "a": u(0.55, 0.75), "b": u(0.7, 0.9), "cap": u(0.06, 0.1),
-      "nose": u(0.02, 0.05), "nose_y": u(-0.05, 0.15), "nose_w": u(0.08, 0.14),
+      "a": u(0.55, 0.75), "b": u(0.7, 0.9), "cap": u(0.04, 0.065),
+      "nose": u(0.015, 0.035), "nose_y": u(-0.05, 0.15), "nose_w": u(0.08, 0.14),
       "brow": u(0.0, 0.015), "brow_x": u(0.2, 0.35), "brow_y": u(-0.4, -0.25),
       "eye": u(0.005, 0.02), "eye_x": u(0.2, 0.35), "eye_y": u(-0.25, -0.1),
       "cheek": u(0.0, 0.015), "cheek_x": u(0.3, 0.45), "cheek_y": u(0.1, 0.3),

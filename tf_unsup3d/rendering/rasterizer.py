@@ -21,8 +21,10 @@ from tf_unsup3d.rendering import camera
 # Normalised-barycentric tolerance of the inside test. Shared edges pass
 # through pixel centres on grid meshes; without slack, rounding leaves cracks.
 INSIDE_TOLERANCE = 1e-5
-# Tiers of the fast visibility path: (box side, triangles per image).
-DEFAULT_WINDOWS = ((6, None), (16, 2048), (None, 256))
+# Tiers of the fast visibility path: (box side, triangles per image). A grid
+# mesh seen near frontally has boxes of 2 pixel centres; stretched triangles
+# at depth edges take the wider, smaller tiers (benchmarks/forward_backward.py).
+DEFAULT_WINDOWS = ((2, None), (6, 2048), (16, 1024), (32, 256), (None, 64))
 # Bounding boxes grow by this many pixels plus INSIDE_TOLERANCE times their
 # diagonal, so that every pixel the tolerant inside test accepts is a
 # candidate: a pixel with barycentric b_i = -t lies t * altitude_i outside
