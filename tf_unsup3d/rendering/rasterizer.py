@@ -24,7 +24,7 @@ INSIDE_TOLERANCE = 1e-5
 # Tiers of the fast visibility path: (box side, triangles per image). A grid
 # mesh seen near frontally has boxes of 2 pixel centres; stretched triangles
 # at depth edges take the wider, smaller tiers (benchmarks/forward_backward.py).
-DEFAULT_WINDOWS = ((2, None), (6, 2048), (16, 1024), (32, 256), (None, 64))
+DEFAULT_WINDOWS = ((2, None), (6, 4096), (16, 1024), (32, 256), (None, 64))
 # Bounding boxes grow by this many pixels plus INSIDE_TOLERANCE times their
 # diagonal, so that every pixel the tolerant inside test accepts is a
 # candidate: a pixel with barycentric b_i = -t lies t * altitude_i outside
