@@ -69,6 +69,19 @@ def test_frontal_view_of_a_symmetric_face_is_mirror_symmetric():
   assert np.abs(image - image[:, ::-1]).max() > 0.02
 
 
+def test_sampled_faces_lie_in_front_of_the_rotation_centre_within_range():
+  """Every sampled face is representable by the model: canonical depth in
+  [MIN_DEPTH, MAX_DEPTH], the face in front of the rotation centre (only the
+  eye sockets may dip a little behind it)."""
+  rng = np.random.default_rng(7)
+  for _ in range(300):
+    depth, _, inside = synthetic.canonical_maps(
+        synthetic.sample_instance(rng), 32)
+    assert depth.min() >= synthetic.MIN_DEPTH
+    assert depth.max() <= synthetic.ROT_CENTER_DEPTH + 0.02  # eye <= 0.02
+    assert depth[inside].mean() < synthetic.ROT_CENTER_DEPTH
+
+
 def test_flat_face_renders_the_analytic_plane_depth_and_shading():
   """All bumps off: the face is the plane z = BASE_DEPTH (frontal: constant
   depth; normal (0, 0, 1), shading ambient + diffuse * l_z)."""

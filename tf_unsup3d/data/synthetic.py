@@ -39,7 +39,7 @@ ROT_CENTER_DEPTH = 1.0
 # the centre needs its (unseen) surround behind; with the rim behind the
 # centre (1.05, as before), the surround had to come in front of the face,
 # and the model learnt yaw with the wrong sign (README, learning benchmark).
-BASE_DEPTH = 1.0
+BASE_DEPTH = ROT_CENTER_DEPTH
 SPLITS = ("train", "val", "test")
 
 
