@@ -60,11 +60,15 @@ def test_every_config_parses_and_trains_one_step(config, paired_data,
 
 
 @pytest.mark.slow
-def test_xla_and_mixed_precision_switches_train(paired_data, tmp_path):
+@pytest.mark.parametrize("config", ["synthetic", "synface"])
+def test_xla_and_mixed_precision_switches_train(config, paired_data,
+                                                tmp_path):
+  # synface has the perceptual loss and confidence maps: VGG16 then runs in
+  # bfloat16 on float32 reconstructions.
   gin.clear_config()
   gin.parse_config_files_and_bindings(
-      [os.path.join(ROOT, "gin_configs", "synthetic.gin")],
-      bindings("synthetic", paired_data, [
+      [os.path.join(ROOT, "gin_configs", f"{config}.gin")],
+      bindings(config, paired_data, [
           "train.max_steps = 2", "train.jit_compile = True",
           "train.mixed_precision = True"]))
   summary = train_lib.train(str(tmp_path),

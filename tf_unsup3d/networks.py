@@ -23,11 +23,25 @@ def torch_default_init():
       scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
 
 
-def _conv(filters, kernel, stride=1, padding=0):
-  layers = [keras.layers.ZeroPadding2D(padding)] if padding else []
+def _conv(filters, kernel, stride=1, padding=0, dtype=None):
+  layers = [keras.layers.ZeroPadding2D(padding, dtype=dtype)] if padding else []
   layers.append(keras.layers.Conv2D(
       filters, kernel, strides=stride, padding="valid", use_bias=False,
-      kernel_initializer=torch_default_init()))
+      kernel_initializer=torch_default_init(), dtype=dtype))
+  return layers
+
+
+def _output(filters, kernel, padding=0, activation=None):
+  """The last convolution of a network (+ activation), always in float32.
+
+  Under a mixed bfloat16 policy everything else computes in bfloat16, whose
+  8-bit mantissa would quantise depth to ~5e-4 scene units, a sixth of a
+  pixel's width at depth 1: the normals, differences of neighbouring depths,
+  would be noise. These layers are a small share of the cost.
+  """
+  layers = _conv(filters, kernel, 1, padding, dtype="float32")
+  if activation:
+    layers.append(keras.layers.Activation(activation, dtype="float32"))
   return layers
 
 
@@ -93,8 +107,7 @@ class Encoder(keras.Model):
     self.body = keras.Sequential(
         _conv(nf, 4, 2, 1) + _relu() + _conv(nf * 2, 4, 2, 1) + _relu() +
         _conv(nf * 4, 4, 2, 1) + _relu() + _conv(nf * 8, 4, 2, 1) + _relu() +
-        _conv(nf * 8, 4) + _relu() + _conv(cout, 1) +
-        [keras.layers.Activation("tanh")])
+        _conv(nf * 8, 4) + _relu() + _output(cout, 1, activation="tanh"))
 
   def build(self, input_shape):
     self.body.build(_network_input_shape(input_shape))
@@ -127,9 +140,7 @@ class EDDeconv(keras.Model):
           [keras.layers.UpSampling2D(2, interpolation="nearest")] +
           _conv(nf, 3, 1, 1) + _gn(nf) + _relu() +
           _conv(nf, 5, 1, 2) + _gn(nf) + _relu() +
-          _conv(cout, 5, 1, 2))
-    if activation:
-      up.append(keras.layers.Activation(activation))
+          _output(cout, 5, 2, activation))
     self.body = keras.Sequential(_down(nf, zdim) + up)
 
   def build(self, input_shape):
@@ -158,9 +169,8 @@ class ConfNet(keras.Model):
     self.full_head = keras.Sequential(
         _deconv(nf, 4, 2, 1) + _gn(nf) + _relu() +
         _deconv(nf, 4, 2, 1) + _gn(nf) + _relu() +
-        _conv(cout, 5, 1, 2) + [keras.layers.Activation("softplus")])
-    self.quarter_head = keras.Sequential(
-        _conv(cout, 3, 1, 1) + [keras.layers.Activation("softplus")])
+        _output(cout, 5, 2, "softplus"))
+    self.quarter_head = keras.Sequential(_output(cout, 3, 1, "softplus"))
 
   def build(self, input_shape):
     input_shape = _network_input_shape(input_shape)
@@ -250,6 +260,9 @@ class VGGFeatures(keras.Model):
     if images.shape.rank != 4 or images.shape[-1] != 3:
       raise ValueError(f"VGGFeatures expects [B, H, W, 3] images in [-1, 1], "
                        f"got {images.shape}.")
+    # Under a mixed policy Keras casts the input to the compute dtype; the
+    # preprocessing constants are float32, and so is the preprocessing.
+    images = tf.cast(images, tf.float32)
     x = (caffe_preprocess(images) if self.preprocessing == "caffe"
          else torch_preprocess(images))
     return self.features(x)
