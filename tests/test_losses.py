@@ -139,3 +139,46 @@ def test_xla_equals_eager():
 
 if __name__ == "__main__":
   raise SystemExit(pytest.main([__file__]))
+
+
+def _multiscale_reference(im1, im2, mask, factors):
+  """NumPy loops: per scale, k x k cells whose pixels are all valid."""
+  numerator = denominator = 0.0
+  b, h, w, c = im1.shape
+  for k in factors:
+    for n in range(b):
+      for i in range(0, h, k):
+        for j in range(0, w, k):
+          if mask[n, i:i + k, j:j + k].min() < 1:
+            continue
+          diff = (im1[n, i:i + k, j:j + k].mean(axis=(0, 1)) -
+                  im2[n, i:i + k, j:j + k].mean(axis=(0, 1)))
+          numerator += np.abs(diff).sum() * k * k
+          denominator += c * k * k
+  return numerator / denominator
+
+
+def test_multiscale_photometric_loss_against_loops_and_analytic_cases():
+  rng = np.random.default_rng(3)
+  im1 = rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+  im2 = rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+  mask = np.ones((2, 16, 16), np.float32)
+  mask[0, 3:7, 9:12] = 0.0
+  mask[1, :, :5] = 0.0
+  got = losses.multiscale_photometric_loss(im1, im2, mask, (2, 4, 8))
+  np.testing.assert_allclose(float(got), _multiscale_reference(
+      im1, im2, mask, (2, 4, 8)), rtol=1e-5)
+  # A constant offset reads as that offset at every scale.
+  full = np.ones((2, 16, 16), np.float32)
+  np.testing.assert_allclose(float(losses.multiscale_photometric_loss(
+      im2 + 0.25, im2, full, (2, 4))), 0.25, rtol=1e-5)
+  # Differences inside the invalid region never count.
+  changed = im2.copy()
+  changed[1, :, :4] += 1.0
+  assert float(losses.multiscale_photometric_loss(
+      changed, im2, mask, (2, 4, 8))) == 0.0
+  # Pixel noise that averages out over each 2 x 2 cell is invisible to it.
+  checker = np.indices((16, 16)).sum(axis=0) % 2 * 2.0 - 1.0
+  noisy = im2 + 0.1 * checker[None, :, :, None].astype(np.float32)
+  assert float(losses.multiscale_photometric_loss(
+      noisy, im2, full, (2, 4))) < 1e-6

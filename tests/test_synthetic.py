@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tf_unsup3d.data import datasets
 from tf_unsup3d.data import synthetic
 
 FLAT = {"cap": 0.0, "nose": 0.0, "brow": 0.0, "eye": 0.0, "cheek": 0.0,
@@ -18,6 +19,23 @@ def instance(seed=0, **overrides):
   params = synthetic.sample_instance(np.random.default_rng(seed))
   params.update(overrides)
   return params
+
+
+def tree(root):
+  """{relative path: bytes} of every file under `root`."""
+  files = {}
+  for dirpath, _, names in os.walk(root):
+    for name in names:
+      path = os.path.join(dirpath, name)
+      with open(path, "rb") as f:
+        files[os.path.relpath(path, root)] = f.read()
+  return files
+
+
+def canonical_grid(s):
+  """x (right) and y (down) in [-1, 1] over the canonical S x S grid."""
+  y, x = np.mgrid[0:s, 0:s] / (s - 1) * 2 - 1
+  return x, y
 
 
 def test_generation_is_deterministic_and_splits_are_independent(tmp_path):
@@ -38,8 +56,10 @@ def test_generation_is_deterministic_and_splits_are_independent(tmp_path):
   names = sorted(os.listdir(tmp_path / "b/train/image"))
   assert names == [f"{i:06d}_image.png" for i in range(5)]
   for name in names:
-    assert (tmp_path / "b/train/depth" / name.replace("image", "depth")).exists()
-  assert not any(p.name.endswith(".partial") for p in (tmp_path / "a").iterdir())
+    depth_name = name.replace("image", "depth")
+    assert (tmp_path / "b/train/depth" / depth_name).exists()
+  assert not any(p.name.endswith(".partial")
+                 for p in (tmp_path / "a").iterdir())
   depth = tf.io.decode_png(tf.io.read_file(
       str(tmp_path / "a/train/depth/000000_depth.png")), dtype=tf.uint16)
   assert depth.dtype == tf.uint16 and depth.shape == (16, 16, 1)
@@ -126,7 +146,8 @@ def test_model_renders_the_ground_truth_factors_like_the_generator(view,
   """The two renderers check each other: the model's TensorFlow path, fed
   the generator's canonical depth, albedo, light and view, reproduces the
   NumPy ray-caster's image and depth on the face."""
-  from tf_unsup3d import model as model_lib  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from tf_unsup3d import model as model_lib
   s = 64
   params = instance(seed=5)
   canon_depth, albedo, _ = synthetic.canonical_maps(params, s)
@@ -160,6 +181,293 @@ def test_model_renders_the_ground_truth_factors_like_the_generator(view,
   error = np.abs(out["recon_image"].numpy()[0] - image)[inner]
   assert error.mean() < 0.01 and np.percentile(error, 95) < 0.03, (
       error.mean(), np.percentile(error, 95))
+
+
+
+def rotation(rx, ry, rz):
+  """DESIGN: R = Rz(rz) Ry(ry) Rx(rx), written out independently."""
+  c, s = np.cos, np.sin
+  r_x = np.array([[1, 0, 0], [0, c(rx), -s(rx)], [0, s(rx), c(rx)]])
+  r_y = np.array([[c(ry), 0, s(ry)], [0, 1, 0], [-s(ry), 0, c(ry)]])
+  r_z = np.array([[c(rz), -s(rz), 0], [s(rz), c(rz), 0], [0, 0, 1]])
+  return r_z @ r_y @ r_x
+
+
+def read_png(path, dtype=tf.uint8):
+  return tf.io.decode_png(tf.io.read_file(str(path)), dtype=dtype).numpy()
+
+
+def test_files_do_not_depend_on_the_number_of_workers(tmp_path, monkeypatch):
+  pools = []
+  make_pool = synthetic._make_pool  # pylint: disable=protected-access
+
+  def spy(num_workers, start_method):
+    pools.append(num_workers)
+    return make_pool(num_workers, start_method)
+
+  monkeypatch.setattr(synthetic, "_make_pool", spy)
+  options = dict(image_size=12, seed=4, progress=False, **synthetic.WILD)
+  synthetic.generate(str(tmp_path / "one"), 3, 2, 2, num_workers=1,
+                     **options)
+  assert not pools  # rendered in this process
+  synthetic.generate(str(tmp_path / "two"), 3, 2, 2, num_workers=2,
+                     **options)
+  assert pools == [2]
+  one, two = tree(tmp_path / "one"), tree(tmp_path / "two")
+  # Per split: images, depths, views.csv and generator.json.
+  assert len(one) == 2 * 7 + 2 * 3
+  assert one == two
+  images = [data for name, data in one.items() if name.endswith("_image.png")]
+  assert len(set(images)) == 7  # every image seeded on its own
+
+
+def test_views_csv_holds_the_view_and_light_of_every_image(tmp_path,
+                                                           monkeypatch):
+  """Flat white faces (the plane z = BASE_DEPTH through the rotation
+  centre): each written depth map must be the ray-plane intersection of the
+  view in views.csv, and the centre pixel its Lambertian shading (white;
+  the eye and brow shadows moved off the face)."""
+  sample = synthetic.sample_instance
+  monkeypatch.setattr(synthetic, "sample_instance", lambda rng: dict(
+      sample(rng), **FLAT, skin=np.ones(3), lip=np.ones(3), eye_x=9.0,
+      brow_x=9.0))
+  root, s = tmp_path / "data", 17
+  counts = synthetic.generate(str(root), 4, 2, 0, image_size=s, seed=2,
+                              max_yaw=40.0, max_pitch=20.0, max_roll=20.0,
+                              num_workers=1, progress=False)
+  f = (s - 1) / 2 / math.tan(math.radians(synthetic.FOV) / 2)
+  c = (s - 1) / 2
+  v, u = np.mgrid[0:s, 0:s]
+  rays = np.stack([(u - c) / f, (v - c) / f, np.ones((s, s))], -1)
+  centre = np.array([0.0, 0.0, synthetic.ROT_CENTER_DEPTH])
+  assert synthetic.BASE_DEPTH == synthetic.ROT_CENTER_DEPTH
+  for split, count in counts.items():
+    views = synthetic.read_views(root / split)
+    assert tuple(views) == synthetic.VIEW_COLUMNS
+    np.testing.assert_array_equal(views["index"], np.arange(count))
+    for i in range(count):
+      row = {k: views[k][i] for k in views}
+      assert abs(row["rx"]) <= math.radians(20)
+      assert abs(row["ry"]) <= math.radians(40)
+      assert abs(row["rz"]) <= math.radians(20)
+      normal = rotation(row["rx"], row["ry"], row["rz"])[:, 2]
+      shift = np.array([row["tx"], row["ty"], row["tz"]])
+      expected = (centre + shift) @ normal / (rays @ normal)
+      depth = synthetic.decode_depth(read_png(
+          root / split / "depth" / f"{i:06d}_depth.png", tf.uint16)[..., 0])
+      face = depth < synthetic.MAX_DEPTH
+      assert face.mean() > 0.2
+      np.testing.assert_allclose(depth[face], expected[face], atol=4e-6)
+      light = np.array([row["dx"], row["dy"], 1.0])
+      shading = row["ambient"] + row["diffuse"] * max(
+          0.0, normal @ light / np.linalg.norm(light))
+      image = read_png(root / split / "image" / f"{i:06d}_image.png") / 255
+      np.testing.assert_allclose(image[8, 8], min(shading, 1.0),
+                                 atol=0.6 / 255)
+  assert synthetic.read_views(root / "test")["rx"].shape == (0,)
+  assert synthetic.read_views(root / "train" / "image") is None
+  # The dataset listings see the images only, not the metadata.
+  listed = datasets.list_folder(str(root), "train")
+  assert len(listed) == 8 and all(p.endswith(".png") for p in listed)
+  assert len(datasets.list_paired(str(root), "train")) == 4
+
+
+class Interrupted(Exception):
+  pass
+
+
+def test_an_interrupted_generation_resumes(tmp_path, monkeypatch):
+  options = dict(image_size=8, seed=1, progress=False, num_workers=1)
+  synthetic.generate(str(tmp_path / "ref"), 3, 2, 2, **options)
+  reference = tree(tmp_path / "ref")
+  render, calls = synthetic.render_instance, []
+
+  def counting(*args, fail_at=None, **kwargs):
+    if len(calls) == fail_at:
+      raise Interrupted()
+    calls.append(1)
+    return render(*args, **kwargs)
+
+  run = tmp_path / "run"
+  # Killed while writing val (after train and one val image).
+  monkeypatch.setattr(synthetic, "render_instance",
+                      lambda *a, **k: counting(*a, fail_at=4, **k))
+  with pytest.raises(Interrupted):
+    synthetic.generate(str(run), 3, 2, 2, **options)
+  assert sorted(os.listdir(run)) == ["train", "val.partial"]
+  assert len(os.listdir(run / "val.partial" / "image")) == 1
+  (run / "val.partial" / "image" / "tmpkilled.tmp").write_bytes(b"half")
+  kept = os.stat(run / "train" / "image" / "000000_image.png")
+  calls.clear()
+  monkeypatch.setattr(synthetic, "render_instance", counting)
+  synthetic.generate(str(run), 3, 2, 2, **options)
+  assert len(calls) == 1 + 2  # the missing val image, then test
+  assert tree(run) == reference
+  again = os.stat(run / "train" / "image" / "000000_image.png")
+  assert (again.st_ino, again.st_mtime_ns) == (kept.st_ino, kept.st_mtime_ns)
+  calls.clear()
+  synthetic.generate(str(run), 3, 2, 2, **options)  # complete: kept
+  assert not calls
+  # A split made with other settings, or missing a file, is not kept.
+  with pytest.raises(FileExistsError, match="overwrite"):
+    synthetic.generate(str(run), 3, 2, 2, **dict(options, seed=2))
+  with pytest.raises(FileExistsError, match="overwrite"):
+    synthetic.generate(str(run), 3, 2, 2, **dict(options, hair=0.5))
+  os.remove(run / "test" / "depth" / "000001_depth.png")
+  with pytest.raises(FileExistsError, match="overwrite"):
+    synthetic.generate(str(run), 3, 2, 2, **options)
+  synthetic.generate(str(run), 3, 2, 2, overwrite=True, **options)
+  assert tree(run) == reference
+  # A leftover .partial of other settings is discarded, not mixed in.
+  other = tmp_path / "other"
+  monkeypatch.setattr(synthetic, "render_instance",
+                      lambda *a, **k: counting(*a, fail_at=2, **k))
+  calls.clear()
+  with pytest.raises(Interrupted):
+    synthetic.generate(str(other), 3, 2, 2, **dict(options, seed=9))
+  assert os.listdir(other) == ["train.partial"]
+  monkeypatch.setattr(synthetic, "render_instance", render)
+  synthetic.generate(str(other), 3, 2, 2, **options)
+  assert tree(other) == reference
+
+
+def test_pngs_round_trip_through_tensorflow_decoding():
+  rng = np.random.default_rng(0)
+  values = rng.integers(0, 65536, (5, 7)).astype(np.uint16)
+  values[0, :5] = [0, 1, 255, 256, 65535]  # both bytes, and the extremes
+  decoded = tf.io.decode_png(synthetic.encode_png(values), dtype=tf.uint16)
+  assert decoded.dtype == tf.uint16 and decoded.shape == (5, 7, 1)
+  np.testing.assert_array_equal(decoded.numpy()[..., 0], values)
+  rgb = rng.integers(0, 256, (5, 7, 3)).astype(np.uint8)
+  np.testing.assert_array_equal(
+      tf.io.decode_png(synthetic.encode_png(rgb)).numpy(), rgb)
+  # The training pipeline's decoder reads the generator's depth back.
+  depth = np.linspace(synthetic.MIN_DEPTH, synthetic.MAX_DEPTH, 35)
+  depth = depth.reshape(5, 7)
+  png = synthetic.encode_png(synthetic.encode_depth(depth))
+  np.testing.assert_allclose(
+      datasets.decode_depth(png, synthetic.MIN_DEPTH,
+                            synthetic.MAX_DEPTH).numpy(), depth, atol=3e-6)
+  with pytest.raises(ValueError, match="uint16"):
+    synthetic.encode_png(np.zeros((5, 7), np.float32))
+
+
+def roughness(image, face):
+  """Mean |Laplacian| over pixels whose 4 neighbours are background."""
+  lap = (4 * image[1:-1, 1:-1] - image[:-2, 1:-1] - image[2:, 1:-1] -
+         image[1:-1, :-2] - image[1:-1, 2:])
+  bg = ~face
+  far = (bg[1:-1, 1:-1] & bg[:-2, 1:-1] & bg[2:, 1:-1] & bg[1:-1, :-2] &
+         bg[1:-1, 2:])
+  return np.abs(lap[far]).mean()
+
+
+def test_texture_background_is_rough_and_leaves_the_face_alone():
+  frontal, s = (0.0,) * 6, 24
+  colours = []
+  for i in range(5):
+    smooth, _, light = synthetic.sample_scene(3, 0, i)
+    textured, _, light_t = synthetic.sample_scene(3, 0, i,
+                                                  background="texture")
+    assert light_t == light
+    smooth["spots"] = textured["spots"] = []
+    image_g, depth_g = synthetic.render_instance(smooth, frontal, light, s)
+    image, depth = synthetic.render_instance(textured, frontal, light, s)
+    np.testing.assert_array_equal(depth, depth_g)
+    np.testing.assert_allclose(depth, depth[:, ::-1], atol=1e-6)
+    face = depth < synthetic.MAX_DEPTH
+    assert face.mean() > 0.3
+    np.testing.assert_array_equal(image[face], image_g[face])
+    assert roughness(image_g, face) < 1e-3  # a linear gradient
+    assert roughness(image, face) > 0.03
+    colours.append(image[~face].mean(0))
+  assert np.std(colours, axis=0).min() > 0.03  # random colours
+
+
+def test_options_keep_the_face_view_and_light():
+  for i in range(5):
+    params, view, light = synthetic.sample_scene(6, 1, i)
+    wild, wild_view, wild_light = synthetic.sample_scene(6, 1, i,
+                                                         **synthetic.WILD)
+    assert wild_light == light
+    np.testing.assert_allclose(wild_view[:3], np.array(view[:3]) * [
+        15 / 10, 45 / 30, 1.0])  # the same draws, wider ranges
+    assert wild_view[3:] == view[3:]
+    assert set(wild) - set(params) <= {"texture", "hair", "paint"}
+    assert {"texture", "paint"} <= set(wild)
+    for key, value in params.items():
+      np.testing.assert_array_equal(wild[key], value)
+  hair = [("hair" in synthetic.sample_scene(0, 0, i, hair=0.5)[0])
+          for i in range(200)]
+  assert 70 < sum(hair) < 130
+  assert not any("hair" in synthetic.sample_scene(0, 0, i)[0]
+                 for i in range(50))
+
+
+def test_painted_features_change_only_the_albedo_around_them():
+  """Painting: the same depth, a mirror-symmetric albedo, changed only at
+  the eyes, brows and lips, with dark pupils, light sclera and red lips."""
+  s = 128
+  x, y = canonical_grid(s)
+  for i in range(5):
+    base, _, _ = synthetic.sample_scene(5, 0, i)
+    base["spots"] = []
+    paint = synthetic.sample_extras(np.random.default_rng(i))["paint"]
+    paint.update(eye_scale=1.0, iris=0.04, lip_h=0.05)
+    depth, albedo, inside = synthetic.canonical_maps(base, s)
+    p_depth, p_albedo, p_inside = synthetic.canonical_maps(
+        dict(base, paint=paint), s)
+    np.testing.assert_array_equal(p_depth, depth)
+    np.testing.assert_array_equal(p_inside, inside)
+    np.testing.assert_allclose(p_albedo, p_albedo[:, ::-1], atol=1e-12)
+    changed = np.abs(p_albedo - albedo).max(-1) > 1e-3
+    eyes_and_brows = ((y > base["brow_y"] - 0.3) &
+                      (y < base["eye_y"] + 0.1))
+    lips = np.abs(y - 0.4) < 0.15
+    assert changed.any() and not (changed & ~eyes_and_brows & ~lips).any()
+
+    def at(cx, cy):  # nearest canonical pixel
+      return p_albedo[round((cy + 1) / 2 * (s - 1)),
+                      round((cx + 1) / 2 * (s - 1))]
+
+    for side in (-1, 1):
+      assert at(side * base["eye_x"], base["eye_y"]).max() < 0.1  # pupil
+      assert at(side * (base["eye_x"] + 0.065),
+                base["eye_y"]).min() > 0.75  # sclera
+    lip = at(0.0, 0.425)
+    assert lip[0] - lip[1] > 0.2
+
+
+def test_hair_changes_albedo_and_depth_only_above_the_hairline():
+  s = 48
+  x, y = canonical_grid(s)
+  for i in range(8):
+    base, _, _ = synthetic.sample_scene(5, 0, i)
+    base["spots"] = []
+    extras = synthetic.sample_extras(np.random.default_rng(i))
+    hair = extras["hair"]
+    depth, albedo, inside = synthetic.canonical_maps(base, s)
+    h_depth, h_albedo, h_inside = synthetic.canonical_maps(
+        dict(base, hair=hair), s)
+    np.testing.assert_array_equal(h_inside, inside)
+    changed = ((np.abs(h_albedo - albedo).max(-1) > 1e-3) |
+               (np.abs(h_depth - depth) > 1e-9)) & inside
+    assert changed.any() and y[changed].max() < -0.2
+    relief = depth - h_depth
+    assert relief.min() >= 0 and 1e-4 < relief.max() <= hair["thick"]
+    # Darker than the skin on the top of the head, away from the parting.
+    top = inside & (y < -0.9 * base["b"]) & (np.abs(x - hair["part"]) > 0.1)
+    assert top.any() and h_albedo[top].mean() < albedo[top].mean()
+    assert h_albedo[top].max() < 0.4
+    # The off-centre parting: neither albedo nor depth is symmetric.
+    assert np.abs(h_albedo - h_albedo[:, ::-1])[inside].max() > 0.1
+    assert np.abs(h_depth - h_depth[:, ::-1]).max() > 1e-4
+    # Hair and paint together stay within the model's depth range.
+    both = dict(base, hair=hair, paint=extras["paint"])
+    wild_depth, wild_albedo, _ = synthetic.canonical_maps(both, s)
+    assert wild_depth.min() >= synthetic.MIN_DEPTH
+    assert wild_depth.max() <= synthetic.ROT_CENTER_DEPTH + 0.02
+    assert 0 <= wild_albedo.min() and wild_albedo.max() <= 1
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The training system end to end on tiny data: configs, resume, replicas."""
 
 import json
+import math
 import os
 import signal
 import socket
@@ -191,3 +192,39 @@ def test_two_replicas_match_one_device(paired_data, tmp_path):
 
 if __name__ == "__main__":
   raise SystemExit(pytest.main([__file__]))
+
+
+def test_cosine_schedule_and_budget_fraction():
+  assert train_lib.cosine_schedule(1.0, 0.0, 0.0) == 1.0
+  assert train_lib.cosine_schedule(1.0, 0.0, 1.0) == pytest.approx(0.0)
+  assert train_lib.cosine_schedule(3.0, 1.0, 0.5) == pytest.approx(2.0)
+  assert train_lib.cosine_schedule(1.0, 0.0, 0.25) == pytest.approx(
+      (1 + math.cos(math.pi / 4)) / 2)
+  assert train_lib.cosine_schedule(1.0, 0.0, 7.0) == pytest.approx(0.0)
+  # Whichever budget runs out first sets the fraction.
+  assert train_lib.budget_fraction(50, 10.0, 200) == 0.25
+  assert train_lib.budget_fraction(50, 10.0, 200, max_steps=100) == 0.5
+  assert train_lib.budget_fraction(50, 90.0, 200, max_steps=100,
+                                   max_seconds=100.0) == pytest.approx(0.9)
+  assert train_lib.budget_fraction(500, 10.0, 200) == 1.0
+
+
+@pytest.mark.slow
+def test_learning_rate_and_depth_prior_follow_their_schedules(paired_data,
+                                                              tmp_path):
+  gin.clear_config()
+  gin.parse_config_files_and_bindings(
+      [os.path.join(ROOT, "gin_configs", "synthetic.gin")],
+      bindings("synthetic", paired_data, [
+          "train.max_steps = 4", "train.learning_rate = 1e-3",
+          "train.learning_rate_schedule = 'cosine'",
+          "train.final_learning_rate_ratio = 0.1",
+          "Unsup3D.lam_depth_sm = 1.0", "train.final_lam_depth_sm = 0.2"]))
+  summary = train_lib.train(str(tmp_path),
+                            tf.distribute.OneDeviceStrategy("/cpu:0"))
+  gin.clear_config()
+  # The last of the 4 steps ran at fraction 3/4 of the budget.
+  assert summary["learning_rate"] == pytest.approx(
+      train_lib.cosine_schedule(1e-3, 1e-4, 0.75))
+  assert summary["lam_depth_sm"] == pytest.approx(
+      train_lib.cosine_schedule(1.0, 0.2, 0.75))

@@ -94,6 +94,52 @@ def perceptual_loss(feat1, feat2, mask=None, conf_sigma=None):
   return numerator / denominator
 
 
+def multiscale_photometric_loss_sums(im1, im2, mask, factors=(2, 4, 8)):
+  """Numerator and denominator of `multiscale_photometric_loss` (scalars)."""
+  with tf.name_scope("multiscale_photometric_loss"):
+    im1, im2, mask = (tf.convert_to_tensor(t, tf.float32)
+                      for t in (im1, im2, mask))
+    _check_rank(im1, 4, "im1", "[B, H, W, C]")
+    _check_rank(im2, 4, "im2", "[B, H, W, C]")
+    _check_rank(mask, 3, "mask", "[B, H, W]")
+    mask = mask[..., None]
+    numerator, denominator = 0.0, 0.0
+    for k in factors:
+      pool = lambda t, k=k: tf.nn.avg_pool2d(t, k, k, "VALID")  # noqa: E731
+      # Only cells whose every pixel is valid: pooling across the mask's
+      # edge would compare an image with part of the background.
+      cell = tf.cast(pool(mask) > 1.0 - 1e-6, im1.dtype)
+      error = tf.abs(pool(im1 * mask) - pool(im2 * mask)) * cell
+      # Each scale weighs as much as the full-resolution L1 on its area.
+      numerator += tf.reduce_sum(error) * float(k * k)
+      denominator += tf.reduce_sum(cell) * float(k * k) * float(
+          im1.shape[-1])
+    return numerator, denominator
+
+
+def multiscale_photometric_loss(im1, im2, mask, factors=(2, 4, 8)):
+  """L1 between average-pooled images: a coarse-to-fine alignment signal.
+
+  The full-resolution L1 tells the view and the depth which way to move
+  only within about a pixel of alignment; the same error on images pooled
+  k x k reaches k pixels. It stands in for the perceptual loss's wide
+  receptive field where VGG16 weights are not available. Per scale, the
+  mean |pool(im1) - pool(im2)| over the cells whose k x k pixels are all
+  valid; the scales are averaged weighting each cell by its k^2 pixels.
+
+  Args:
+    im1, im2: `[B, H, W, C]` images in [-1, 1].
+    mask: `[B, H, W]` {0, 1} valid-pixel mask.
+    factors: pooling factors, each dividing H and W.
+
+  Returns:
+    Scalar >= 0.
+  """
+  numerator, denominator = multiscale_photometric_loss_sums(im1, im2, mask,
+                                                            factors)
+  return numerator / denominator
+
+
 def depth_smoothness_sums(depth, min_depth, max_depth):
   """`depth_smoothness` as (sum of per-image terms, number of images)."""
   with tf.name_scope("depth_smoothness"):

@@ -67,6 +67,8 @@ class Unsup3D(keras.Model):
                lam_perc=1.0,
                lam_flip=0.5,
                lam_depth_sm=0.0,
+               lam_multiscale=0.0,
+               multiscale_factors=(2, 4, 8),
                nf=64,
                zdim=256,
                light_view_nf=32,
@@ -89,6 +91,9 @@ class Unsup3D(keras.Model):
       use_conf_map: predict confidence maps (heteroscedastic losses).
       lam_perc, lam_flip, lam_depth_sm: loss weights. lam_perc = 0 removes
         the VGG16 perceptual loss and its weights.
+      lam_multiscale: weight of the photometric loss on average-pooled
+        images (0 in the paper; see `losses.multiscale_photometric_loss_sums`).
+      multiscale_factors: its pooling factors (divisors of image_size).
       nf, zdim: width and bottleneck of the depth and albedo nets (64, 256).
       light_view_nf: width of the light and view encoders (32).
       conf_zdim: bottleneck of the confidence net (128, width nf).
@@ -114,6 +119,12 @@ class Unsup3D(keras.Model):
     self.lam_perc = float(lam_perc)
     self.lam_flip = float(lam_flip)
     self.lam_depth_sm = float(lam_depth_sm)
+    self.lam_multiscale = float(lam_multiscale)
+    self.multiscale_factors = tuple(int(k) for k in multiscale_factors)
+    for k in self.multiscale_factors:
+      if k < 2 or image_size % k:
+        raise ValueError(f"multiscale_factors must divide image_size "
+                         f"{image_size} and be >= 2, got {k}.")
     self.renderer = renderer_lib.Renderer(
         image_size=image_size, fov=fov, min_depth=min_depth,
         max_depth=max_depth, rot_center_depth=rot_center_depth,
@@ -287,7 +298,7 @@ class Unsup3D(keras.Model):
       }
 
   def compute_losses(self, images, outputs, lam_flip=None,
-                     reduce_denominator=None):
+                     reduce_denominator=None, lam_depth_sm=None):
     """The paper's training objective (DESIGN section 1).
 
     Args:
@@ -295,6 +306,8 @@ class Unsup3D(keras.Model):
       outputs: the dict returned by `model(images)`.
       lam_flip: overrides the model's lam_flip (e.g. before the flip loss
         is switched on).
+      lam_depth_sm: overrides the model's lam_depth_sm (a schedule); the
+        term is computed only when the model's weight is > 0.
       reduce_denominator: optional function applied to each loss's
         denominator (mask sum or count). Under a distribution strategy,
         summing it across replicas makes each replica's loss its share of
@@ -302,7 +315,8 @@ class Unsup3D(keras.Model):
 
     Returns:
       Dict of scalars: `total`, `photometric`, `photometric_flip` and, when
-      enabled, `perceptual`, `perceptual_flip`, `depth_smoothness`. The
+      enabled, `perceptual`, `perceptual_flip`, `multiscale`,
+      `multiscale_flip`, `depth_smoothness`. The
       photometric terms compare images in [-1, 1] like the paper.
     """
     with tf.name_scope("compute_losses"):
@@ -335,11 +349,21 @@ class Unsup3D(keras.Model):
             f_flip, f_x, mask, pick(sigma_perc, 1)))
         total += self.lam_perc * (terms["perceptual"] +
                                   lam_flip * terms["perceptual_flip"])
+      if self.lam_multiscale > 0:
+        terms["multiscale"] = ratio(losses.multiscale_photometric_loss_sums(
+            recon, x, mask, self.multiscale_factors))
+        terms["multiscale_flip"] = ratio(
+            losses.multiscale_photometric_loss_sums(
+                recon_flip, x, mask, self.multiscale_factors))
+        total += self.lam_multiscale * (terms["multiscale"] +
+                                        lam_flip * terms["multiscale_flip"])
       if self.lam_depth_sm > 0:
+        lam_depth_sm = (self.lam_depth_sm if lam_depth_sm is None
+                        else lam_depth_sm)
         # Before the border is fixed, like the reference.
         terms["depth_smoothness"] = ratio(losses.depth_smoothness_sums(
             outputs["canon_depth_unbordered"], self.min_depth,
             self.max_depth))
-        total += self.lam_depth_sm * terms["depth_smoothness"]
+        total += lam_depth_sm * terms["depth_smoothness"]
       terms["total"] = total
       return terms

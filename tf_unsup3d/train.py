@@ -29,12 +29,22 @@ from tf_unsup3d.data import datasets
 
 @gin.configurable(denylist=["output_dir"])
 def generate_synthetic(output_dir, num_train=10000, num_val=500, num_test=500,
-                       image_size=64, seed=0, max_yaw=30.0):
-  """Writes the synthetic paired dataset (`tf_unsup3d.data.synthetic`)."""
+                       image_size=64, seed=0, max_yaw=30.0, preset=None):
+  """Writes the synthetic paired dataset (`tf_unsup3d.data.synthetic`).
+
+  `preset` names one of `synthetic.PRESETS` (e.g. 'wild'); its settings,
+  max_yaw included, replace the defaults.
+  """
   # Imported here: only the synthetic default needs the generator.
   from tf_unsup3d.data import synthetic  # pylint: disable=g-import-not-at-top
+  options = {"max_yaw": max_yaw}
+  if preset is not None:
+    if preset not in synthetic.PRESETS:
+      raise ValueError(f"generate_synthetic.preset {preset!r} is not one of "
+                       f"{sorted(synthetic.PRESETS)}.")
+    options = dict(synthetic.PRESETS[preset])
   synthetic.generate(output_dir, num_train, num_val, num_test,
-                     image_size=image_size, seed=seed, max_yaw=max_yaw)
+                     image_size=image_size, seed=seed, **options)
 
 
 def make_strategy(name):
@@ -64,10 +74,33 @@ def _worker_role(strategy):
   return is_chief, task_id
 
 
+def cosine_schedule(start, end, fraction):
+  """start at fraction 0, end at 1, half a cosine between (clipped)."""
+  fraction = min(max(float(fraction), 0.0), 1.0)
+  return end + (start - end) * 0.5 * (1.0 + np.cos(np.pi * fraction))
+
+
+def budget_fraction(step, seconds, total_steps, max_steps=None,
+                    max_seconds=None):
+  """How much of the run's budget is spent, in [0, 1].
+
+  The run stops at whichever of its budgets (all epochs, max_steps,
+  max_seconds of this run's training time) runs out first, so the
+  fraction is the largest of the three.
+  """
+  fractions = [step / max(total_steps, 1)]
+  if max_steps:
+    fractions.append(step / max_steps)
+  if max_seconds:
+    fractions.append(seconds / max_seconds)
+  return min(max(fractions), 1.0)
+
+
 @gin.configurable(denylist=["model_dir", "strategy"])
 def train(model_dir, strategy, batch_size=64, num_epochs=30,
           learning_rate=1e-4, weight_decay=5e-4, adam_epsilon=1e-8,
-          lam_flip_start_epoch=0,
+          learning_rate_schedule="constant", final_learning_rate_ratio=0.0,
+          final_lam_depth_sm=None, lam_flip_start_epoch=0,
           jit_compile=False, mixed_precision=False, keep_checkpoints=3,
           checkpoint_every_steps=1000, summary_every_steps=50,
           image_summary_every_steps=500, max_steps=None, max_seconds=None,
@@ -83,6 +116,12 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
     weight_decay: L2 weight decay added to the gradient before Adam
       (PyTorch's `weight_decay` semantics, not AdamW), 5e-4.
     adam_epsilon: Adam's epsilon (PyTorch's default 1e-8).
+    learning_rate_schedule: 'constant' (the paper) or 'cosine': from
+      learning_rate down to final_learning_rate_ratio * learning_rate over
+      the run's budget (`budget_fraction`).
+    final_learning_rate_ratio: see learning_rate_schedule.
+    final_lam_depth_sm: None keeps `Unsup3D.lam_depth_sm` constant (the
+      paper); a value moves the weight to it along the same cosine.
     lam_flip_start_epoch: before this epoch the flip terms weigh 1, from it
       on `Unsup3D.lam_flip` (the reference implementation's schedule).
     jit_compile: compile each replica's step with XLA.
@@ -108,9 +147,12 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
       model_dir, "workers", f"worker_{task_id}")
   os.makedirs(output_dir, exist_ok=True)
   data_dir = gin.query_parameter("make_dataset.data_dir")
-  if generate_synthetic_data and not os.path.isdir(
-      os.path.join(data_dir, "train")):
-    logging.info("No data in %s: generating the synthetic dataset.", data_dir)
+  if generate_synthetic_data and not all(
+      os.path.isdir(os.path.join(data_dir, split))
+      for split in ("train", "val", "test")):
+    # The generator keeps complete splits and finishes interrupted ones.
+    logging.info("Splits missing in %s: generating the synthetic dataset.",
+                 data_dir)
     generate_synthetic(data_dir)
 
   _, train_info = datasets.make_dataset("train", training=True,
@@ -166,7 +208,7 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
   variables = model.trainable_variables
   num_replicas = strategy.num_replicas_in_sync
 
-  def replica_step(images, lam_flip):
+  def replica_step(images, lam_flip, lam_depth_sm):
     context = tf.distribute.get_replica_context()
     reduce = None
     if num_replicas > 1:  # Ratios of sums over the global batch.
@@ -174,7 +216,8 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
     with tf.GradientTape() as tape:
       outputs = model(images, training=True)
       terms = model.compute_losses(images, outputs, lam_flip,
-                                   reduce_denominator=reduce)
+                                   reduce_denominator=reduce,
+                                   lam_depth_sm=lam_depth_sm)
     grads = tape.gradient(terms["total"], variables)
     # Gradients are summed over replicas, so each adds its share of the decay.
     # Weights outside the loss (e.g. the perceptual confidence head when
@@ -182,6 +225,28 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
     grads = [None if g is None else g + (weight_decay / num_replicas) * v
              for g, v in zip(grads, variables)]
     return terms, grads, outputs["view"], outputs["light"]
+
+  if learning_rate_schedule not in ("constant", "cosine"):
+    raise ValueError("train.learning_rate_schedule must be 'constant' or "
+                     f"'cosine', got {learning_rate_schedule!r}.")
+  if final_lam_depth_sm is not None and model.lam_depth_sm <= 0:
+    raise ValueError("train.final_lam_depth_sm needs Unsup3D.lam_depth_sm "
+                     "> 0 (the term is not computed otherwise).")
+  total_steps = num_epochs * steps_per_epoch
+
+  def schedules(current_step):
+    """(learning rate, depth-prior weight) at this point of the budget."""
+    fraction = budget_fraction(current_step, time.perf_counter() - start_time,
+                               total_steps, max_steps, max_seconds)
+    lr = learning_rate
+    if learning_rate_schedule == "cosine":
+      lr = cosine_schedule(learning_rate,
+                           learning_rate * final_learning_rate_ratio, fraction)
+    lam_depth_sm = model.lam_depth_sm
+    if final_lam_depth_sm is not None:
+      lam_depth_sm = cosine_schedule(model.lam_depth_sm, final_lam_depth_sm,
+                                     fraction)
+    return lr, lam_depth_sm
 
   if jit_compile and num_replicas > 1:
     # The cross-replica sum of the loss denominators sits inside the step,
@@ -191,15 +256,17 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
   elif jit_compile:
     replica_step = tf.function(replica_step, jit_compile=True)
 
-  def apply_step(batch, lam_flip):
-    terms, grads, view, light = replica_step(batch["image"], lam_flip)
+  def apply_step(batch, lam_flip, lam_depth_sm):
+    terms, grads, view, light = replica_step(batch["image"], lam_flip,
+                                             lam_depth_sm)
     optimizer.apply_gradients(
         [(g, v) for g, v in zip(grads, variables) if g is not None])
     return terms, view, light
 
   @tf.function
-  def distributed_step(batch, lam_flip):
-    terms, view, light = strategy.run(apply_step, args=(batch, lam_flip))
+  def distributed_step(batch, lam_flip, lam_depth_sm):
+    terms, view, light = strategy.run(apply_step,
+                                      args=(batch, lam_flip, lam_depth_sm))
     terms = {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
              for k, v in terms.items()}
     gather = lambda t: strategy.gather(t, axis=0)
@@ -215,6 +282,7 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
   lam_flip_after = model.lam_flip
   start_time, start_step = time.perf_counter(), int(step.numpy())
   last_terms, val_scores = {}, {}
+  lr, lam_depth_sm = schedules(start_step)
   done = max_steps is not None and int(step.numpy()) >= max_steps
   while int(epoch.numpy()) < num_epochs and not done:
     lam_flip = tf.constant(1.0 if int(epoch.numpy()) < lam_flip_start_epoch
@@ -228,7 +296,10 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
     for i, batch in enumerate(train_data):
       if i < skip:
         continue
-      terms, view, light = distributed_step(batch, lam_flip)
+      lr, lam_depth_sm = schedules(int(step.numpy()))
+      optimizer.learning_rate.assign(lr)
+      terms, view, light = distributed_step(batch, lam_flip,
+                                            tf.constant(lam_depth_sm, tf.float32))
       step.assign_add(1)
       current = int(step.numpy())
       loss = float(terms["total"])
@@ -245,6 +316,8 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
           for key, value in last_terms.items():
             tf.summary.scalar(f"loss/{key}", value)
           tf.summary.scalar("images_per_second", rate)
+          tf.summary.scalar("schedule/learning_rate", lr)
+          tf.summary.scalar("schedule/lam_depth_sm", lam_depth_sm)
           tf.summary.histogram("view/rotation_deg", view[:, :3] * 180 / np.pi)
           tf.summary.histogram("view/translation", view[:, 3:])
           tf.summary.histogram("light/ambient_diffuse", light[:, :2])
@@ -279,7 +352,9 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
       "steps": int(step.numpy()), "epochs": int(epoch.numpy()), "seconds": elapsed,
       "images_per_second": trained * batch_size / max(elapsed, 1e-9),
       "skipped_files": train_info["num_skipped"] + val_info["num_skipped"],
-      "final_weights": final, **{f"loss/{k}": v for k, v in last_terms.items()},
+      "final_weights": final, "learning_rate": float(lr),
+      "lam_depth_sm": float(lam_depth_sm),
+      **{f"loss/{k}": v for k, v in last_terms.items()},
       **val_scores}
   print("\nTraining summary")
   for key, value in summary.items():

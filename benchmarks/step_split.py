@@ -1,0 +1,240 @@
+r"""Where a training step's time goes, phase by phase, for a gin config.
+
+    python benchmarks/step_split.py --gin_file=gin_configs/synthetic.gin \
+        [--checkpoint=runs/synthetic] [--data_dir=data/synthetic] [--steps=5]
+
+Times (median of --steps calls after a warm-up, graph mode) one training
+step of the config's model and batch size, and each phase on its own:
+
+  networks     the depth, albedo, light, view (and confidence) networks'
+               forward + backward, no rendering
+  visibility   the pure-TF z-buffer of the 2B depth maps (no gradient)
+  raster       visibility + TFG's differentiable barycentrics and depth
+               interpolation, forward + backward to the depth maps
+  sampling     inverse-warp grid + bilinear sampling of the canonical
+               images, forward + backward
+  shading      normals, Lambertian shading, canonical image, fwd + bwd
+  losses       the config's losses on given images, forward + backward
+  optimiser    one Adam update of every weight
+
+Rendering's share is (raster + sampling) / step. The depth maps and views
+are the model's own predictions on real images of --data_dir's val split
+when --checkpoint is given (what training sees), else smooth random depth
+under random views up to 30 degrees. With --onednn_compare the full step is
+also timed in two child processes with TensorFlow's oneDNN kernels off and
+on (TF_ENABLE_ONEDNN_OPTS), so their ratio comes from one run.
+"""
+
+import glob
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+import tf_unsup3d  # noqa: F401  (sets TF_ENABLE_ONEDNN_OPTS before TF loads)
+import gin
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_unsup3d import evaluate as evaluate_lib
+from tf_unsup3d import model as model_lib
+from tf_unsup3d import train as train_lib  # noqa: F401  (registers train.*)
+from tf_unsup3d.rendering import sampling
+
+_GIN = flags.DEFINE_multi_string("gin_file", ["gin_configs/synthetic.gin"],
+                                 "Config(s).")
+_PARAMS = flags.DEFINE_multi_string("gin_param", [], "Extra bindings.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Trained weights.")
+_DATA = flags.DEFINE_string("data_dir", None, "Images (default: the gin "
+                            "make_dataset.data_dir); random if none.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed calls per phase.")
+_ONEDNN = flags.DEFINE_boolean("onednn_compare", False,
+                               "Also time the step with oneDNN off and on.")
+_FULL_ONLY = flags.DEFINE_boolean("full_step_only", False,
+                                  "Print only the full step (JSON).")
+
+
+def _median_seconds(fn, steps):
+  tf.nest.map_structure(lambda t: t.numpy(), fn())  # trace, allocate
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    tf.nest.map_structure(lambda t: t.numpy(), fn())
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def _images(batch, size):
+  data_dir = _DATA.value
+  if data_dir is None:
+    try:
+      data_dir = gin.query_parameter("make_dataset.data_dir")
+    except ValueError:
+      data_dir = None
+  files = sorted(glob.glob(os.path.join(data_dir or "", "val", "**", "*.png"),
+                           recursive=True))
+  files = [f for f in files if "depth" not in os.path.basename(f)][:batch]
+  if len(files) < batch:
+    rng = np.random.default_rng(0)
+    return tf.constant(rng.uniform(0, 1, (batch, size, size, 3)), tf.float32)
+  images = [tf.image.resize(tf.io.decode_png(tf.io.read_file(f), 3),
+                            [size, size]) / 255.0 for f in files]
+  return tf.stack(images)
+
+
+def main(argv):
+  del argv
+  gin.parse_config_files_and_bindings(
+      _GIN.value, _PARAMS.value + ["Unsup3D.vgg_weights = None"],
+      skip_unknown=True)
+  batch = gin.query_parameter("train.batch_size")
+  if _CHECKPOINT.value:
+    model = evaluate_lib.load_model(_CHECKPOINT.value)
+  else:
+    model = model_lib.Unsup3D()
+    model.build((None, model.image_size, model.image_size, 3))
+  size = model.image_size
+  x = _images(batch, size)
+  variables = model.trainable_variables
+  optimizer = keras.optimizers.Adam(1e-4)
+  optimizer.build(variables)
+
+  @tf.function
+  def full_step(x):
+    with tf.GradientTape() as tape:
+      total = model.compute_losses(x, model(x, training=True))["total"]
+    grads = tape.gradient(total, variables)
+    optimizer.apply_gradients(
+        [(g, v) for g, v in zip(grads, variables) if g is not None])
+    return total
+
+  step = _median_seconds(lambda: full_step(x), _STEPS.value)
+  if _FULL_ONLY.value:
+    print(json.dumps({"step": step}))
+    return
+
+  nets = [n for n in (model.net_depth, model.net_albedo, model.net_light,
+                      model.net_view, model.net_conf) if n is not None]
+
+  @tf.function
+  def networks(x):
+    with tf.GradientTape() as tape:
+      outputs = tf.nest.flatten([net(x * 2.0 - 1.0, training=True)
+                                 for net in nets])
+      total = tf.add_n([tf.reduce_mean(tf.cast(o, tf.float32))
+                        for o in outputs])
+    return tape.gradient(total, variables)
+
+  outputs = model(x, training=False)
+  renderer = model.renderer
+  if _CHECKPOINT.value:
+    depth = outputs["canon_depth"]
+    view = outputs["view"]
+  else:
+    rng = np.random.default_rng(0)
+    smooth = tf.image.resize(rng.normal(size=(batch, 6, 6, 1)), [size, size],
+                             method="bicubic")[..., 0]
+    depth = tf.cast(1.0 + 0.05 * tf.tanh(smooth), tf.float32)
+    view = tf.constant(np.concatenate(
+        [rng.uniform(-0.52, 0.52, (batch, 3)),
+         rng.uniform(-0.05, 0.05, (batch, 3))], axis=1), tf.float32)
+  depth = tf.concat([depth, tf.reverse(depth, [2])], axis=0)
+  view = tf.tile(view, [2, 1])
+  canon_image = tf.tile(outputs["canon_image"] * 2.0 - 1.0, [2, 1, 1, 1])
+
+  visibility = tf.function(lambda d, v: renderer.warp_canon_depth(
+      tf.stop_gradient(d), v))
+
+  @tf.function
+  def raster(d, v):
+    with tf.GradientTape() as tape:
+      tape.watch(d)
+      total = tf.reduce_sum(renderer.warp_canon_depth(d, v))
+    return tape.gradient(total, d)
+
+  recon_depth = renderer.warp_canon_depth(depth, view)
+
+  @tf.function
+  def sample(rd, v, image):
+    with tf.GradientTape() as tape:
+      tape.watch([rd, image])
+      grid = renderer.inverse_warp_grid(rd, v)
+      total = tf.reduce_sum(sampling.bilinear_sample(image, grid))
+    return tape.gradient(total, [rd, image])
+
+  light = tf.tile(tf.zeros([batch, 4]), [2, 1])
+  albedo = canon_image
+
+  @tf.function
+  def shade(d, a, light):
+    with tf.GradientTape() as tape:
+      tape.watch([d, a, light])
+      total = tf.reduce_sum(model.shade(d, a, light)["canon_image"])
+    return tape.gradient(total, [d, a, light])
+
+  loss_inputs = {k: tf.identity(v) for k, v in outputs.items()}
+
+  @tf.function
+  def loss_only(x, outs):
+    with tf.GradientTape() as tape:
+      tape.watch(outs)
+      total = model.compute_losses(x, outs)["total"]
+    return tape.gradient(total, [outs["recon_image"],
+                                 outs["recon_image_flip"]])
+
+  zero_grads = [tf.zeros_like(v) for v in variables]
+
+  @tf.function
+  def optimise():
+    optimizer.apply_gradients(zip(zero_grads, variables))
+    return tf.constant(0.0)
+
+  rows = [
+      ("full step", step),
+      ("networks", _median_seconds(lambda: networks(x), _STEPS.value)),
+      ("visibility", _median_seconds(lambda: visibility(depth, view),
+                                     _STEPS.value)),
+      ("raster", _median_seconds(lambda: raster(depth, view), _STEPS.value)),
+      ("sampling", _median_seconds(lambda: sample(recon_depth, view,
+                                                  canon_image), _STEPS.value)),
+      ("shading", _median_seconds(lambda: shade(depth, albedo, light),
+                                  _STEPS.value)),
+      ("losses", _median_seconds(lambda: loss_only(x, loss_inputs),
+                                 _STEPS.value)),
+      ("optimiser", _median_seconds(optimise, _STEPS.value)),
+  ]
+  times = dict(rows)
+  print(f"\nbatch {batch} at {size}x{size}, config {_GIN.value}, "
+        f"{'trained' if _CHECKPOINT.value else 'untrained'} weights, "
+        f"oneDNN {os.environ.get('TF_ENABLE_ONEDNN_OPTS')}")
+  print(f"{'phase':14s} {'s/step':>8s} {'share of step':>14s}")
+  for name, seconds in rows:
+    print(f"{name:14s} {seconds:8.3f} {seconds / step:14.2f}")
+  rendering = times["raster"] + times["sampling"]
+  print(f"rendering (raster + sampling) {rendering:.3f} s = "
+        f"{100 * rendering / step:.0f}% of the step")
+  if _ONEDNN.value:
+    child = {}
+    for value in ("0", "1"):
+      env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=value)
+      args = [sys.executable, __file__, "--full_step_only",
+              f"--steps={_STEPS.value}"]
+      args += [f"--gin_file={g}" for g in _GIN.value]
+      args += [f"--gin_param={p}" for p in _PARAMS.value]
+      if _CHECKPOINT.value:
+        args.append(f"--checkpoint={_CHECKPOINT.value}")
+      out = subprocess.run(args, env=env, capture_output=True, text=True,
+                           check=True).stdout
+      child[value] = json.loads(out.strip().splitlines()[-1])["step"]
+    print(f"full step, oneDNN off {child['0']:.3f} s, on {child['1']:.3f} s: "
+          f"on / off {child['1'] / child['0']:.2f}")
+
+
+if __name__ == "__main__":
+  app.run(main)

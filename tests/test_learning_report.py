@@ -1,0 +1,271 @@
+"""The learning benchmark's numbers, event reading, plots and turntable."""
+
+import csv
+import math
+import pathlib
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+import tensorflow as tf
+
+# benchmarks/ is not an installed package: import it from the repository.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from benchmarks import learning_report  # noqa: E402  pylint: disable=g-import-not-at-top
+from tf_unsup3d.rendering import renderer as renderer_lib  # noqa: E402
+
+
+def test_fit_line_matches_polyfit_and_corrcoef():
+  rng = np.random.default_rng(0)
+  true = rng.uniform(-0.5, 0.5, 200)
+  predicted = 0.6 * true + 0.1 + rng.normal(0, 0.05, 200)
+  fit = learning_report.fit_line(true, predicted)
+  slope, intercept = np.polyfit(true, predicted, 1)
+  assert fit["slope"] == pytest.approx(slope, rel=1e-9)
+  assert fit["intercept"] == pytest.approx(intercept, rel=1e-9)
+  assert fit["correlation"] == pytest.approx(
+      np.corrcoef(true, predicted)[0, 1], rel=1e-9)
+  assert fit["n"] == 200
+  assert 0.55 < fit["slope"] < 0.65 and fit["correlation"] > 0.9
+  # A sign flip shows as a negative slope and correlation.
+  flipped = learning_report.fit_line(true, -predicted)
+  assert flipped["slope"] == pytest.approx(-slope)
+  assert flipped["correlation"] < -0.9
+
+
+def test_fit_line_drops_non_finite_and_flags_degenerate_data():
+  fit = learning_report.fit_line([0.0, 1.0, 2.0, np.nan], [1.0, 3.0, 5.0, 0.0])
+  assert fit["n"] == 3 and fit["slope"] == pytest.approx(2.0)
+  assert fit["intercept"] == pytest.approx(1.0)
+  assert fit["correlation"] == pytest.approx(1.0)
+  constant_true = learning_report.fit_line([1.0, 1.0, 1.0], [0.0, 1.0, 2.0])
+  assert math.isnan(constant_true["slope"])
+  constant_prediction = learning_report.fit_line([0.0, 1.0, 2.0], [5.0] * 3)
+  assert constant_prediction["slope"] == 0.0
+  assert math.isnan(constant_prediction["correlation"])
+  assert math.isnan(learning_report.fit_line([1.0], [1.0])["slope"])
+
+
+def test_ratios_to_the_better_baseline():
+  means = {"model": {"side": 0.01, "mad": 10.0},
+           "null_depth": {"side": 0.02, "mad": 40.0},
+           "average_gt_depth": {"side": 0.04, "mad": 20.0}}
+  ratios = learning_report.ratios_to_better_baseline(means)
+  assert ratios["model"] == pytest.approx({"side": 0.5, "mad": 0.5})
+  assert ratios["null_depth"] == pytest.approx({"side": 1.0, "mad": 2.0})
+  assert ratios["average_gt_depth"] == pytest.approx({"side": 2.0, "mad": 1.0})
+  # The summarise_results layout (`*_mean` keys) gives the same ratios.
+  results = {m: {"side": np.array([v["side"]] * 2),
+                 "mad": np.array([v["mad"] - 1, v["mad"] + 1])}
+             for m, v in means.items()}
+  table = learning_report.summarise_results(results)
+  assert table["model"]["n"] == 2 and table["model"]["mad_std"] == 1.0
+  from_table = learning_report.ratios_to_better_baseline(table)
+  for method, expected in ratios.items():
+    assert from_table[method] == pytest.approx(expected)
+
+
+def test_loss_shares_sum_to_one_and_follow_the_weights():
+  weights = learning_report.loss_weights(lam_flip=0.5, lam_perc=0.0,
+                                         lam_depth_sm=1.0)
+  terms = {"photometric": 0.4, "photometric_flip": 0.4,
+           "depth_smoothness": 0.02, "something_new": 3.0}
+  shares = learning_report.loss_shares(terms, weights)
+  assert set(shares) == {"photometric", "photometric_flip", "depth_smoothness"}
+  assert sum(shares.values()) == pytest.approx(1.0)
+  total = 0.4 + 0.5 * 0.4 + 1.0 * 0.02
+  assert shares["photometric"] == pytest.approx(0.4 / total)
+  assert shares["photometric_flip"] == pytest.approx(0.2 / total)
+  assert shares["depth_smoothness"] == pytest.approx(0.02 / total)
+  perceptual = learning_report.loss_shares(
+      {"photometric": 1.0, "photometric_flip": 1.0, "perceptual": 2.0,
+       "perceptual_flip": 2.0},
+      learning_report.loss_weights(lam_flip=0.5, lam_perc=1.0,
+                                   lam_depth_sm=0.0))
+  assert perceptual["perceptual_flip"] == pytest.approx(1.0 / 4.5)
+  assert sum(perceptual.values()) == pytest.approx(1.0)
+
+
+def test_relief_is_the_range_over_the_mask():
+  depth = np.ones((3, 4, 4))
+  depth[0, 1, 1], depth[0, 2, 2], depth[0, 0, 0] = 0.9, 1.05, 0.5
+  mask = np.zeros((3, 4, 4))
+  mask[0, 1:3, 1:3] = 1  # leaves out the 0.5 outside
+  mask[1] = 1
+  relief = learning_report.relief(depth, mask)
+  assert relief[0] == pytest.approx(0.15)
+  assert relief[1] == 0.0
+  assert math.isnan(relief[2])  # empty mask
+
+
+def _write_views(path, rows):
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(learning_report.VIEW_COLUMNS)
+    writer.writerows(rows)
+
+
+def test_read_true_views_by_index(tmp_path):
+  path = tmp_path / "views.csv"
+  assert learning_report.read_true_views(str(path), [0]) is None
+  rows = [[i, 0.1 * i, -0.2 * i, 0, 0, 0, 0, 0.5, 0.5, 0, 0] for i in range(5)]
+  _write_views(path, rows[::-1])  # row order does not matter
+  views = learning_report.read_true_views(str(path), [4, 0, 2])
+  np.testing.assert_allclose(views["rx"], [0.4, 0.0, 0.2])
+  np.testing.assert_allclose(views["ry"], [-0.8, 0.0, -0.4])
+  with pytest.raises(ValueError, match="no rows"):
+    learning_report.read_true_views(str(path), [7])
+
+
+def _write_val_events(log_dir, values, step_offset=0):
+  writer = tf.summary.create_file_writer(str(log_dir))
+  with writer.as_default():
+    for i, (side, mad) in enumerate(values):
+      step = (i + 1) * 16 + step_offset
+      tf.summary.scalar("val/side_model", side, step=step)
+      tf.summary.scalar("val/mad_model", mad, step=step)
+      tf.summary.scalar("val/side_null_depth", 0.019, step=step)
+      tf.summary.scalar("val/mad_null_depth", 37.7, step=step)
+      tf.summary.scalar("val/side_average_gt_depth", 0.02, step=step)
+      tf.summary.scalar("val/mad_average_gt_depth", 35.0, step=step)
+      tf.summary.scalar("loss/total", 1.0, step=step)
+  writer.flush()
+  writer.close()
+
+
+def test_read_scalars_from_tf_summary_events(tmp_path):
+  _write_val_events(tmp_path, [(0.025, 50.0), (0.021, 45.0), (0.018, 40.0)])
+  curves = learning_report.read_scalars(str(tmp_path), "val/")
+  assert "loss/total" not in curves and len(curves) == 6
+  steps, values = curves["val/side_model"]
+  np.testing.assert_array_equal(steps, [16, 32, 48])
+  np.testing.assert_allclose(values, [0.025, 0.021, 0.018], rtol=1e-6)
+  np.testing.assert_allclose(curves["val/mad_model"][1], [50, 45, 40])
+  # A resumed run's writer (second event file) logs step 48 again and goes
+  # on: the later value wins, steps stay sorted and unique.
+  _write_val_events(tmp_path, [(0.017, 39.0), (0.016, 38.0)], step_offset=32)
+  assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2
+  steps, values = learning_report.read_scalars(str(tmp_path),
+                                               "val/")["val/side_model"]
+  np.testing.assert_array_equal(steps, [16, 32, 48, 64])
+  np.testing.assert_allclose(values, [0.025, 0.021, 0.017, 0.016], rtol=1e-6)
+  assert learning_report.read_scalars(str(tmp_path / "absent")) == {}
+
+
+def test_read_scalars_reads_simple_values(tmp_path):
+  """TF1-style events store scalars as `simple_value`, not tensors."""
+  event = tf.compat.v1.Event(step=5, wall_time=1.0)
+  event.summary.value.add(tag="val/side_model", simple_value=0.5)
+  with tf.io.TFRecordWriter(
+      str(tmp_path / "events.out.tfevents.1.test")) as writer:
+    writer.write(event.SerializeToString())
+  steps, values = learning_report.read_scalars(str(tmp_path))["val/side_model"]
+  assert steps.tolist() == [5] and values.tolist() == [0.5]
+
+
+def test_acceptance_and_resume():
+  stage = lambda budget, side, mad: {"budget_minutes": budget,
+                                     "ratio": {"side": side, "mad": mad}}
+  checks = learning_report.acceptance([stage(15, 0.9, 0.9),
+                                       stage(30, 0.7, 0.9)])
+  assert [(c["minutes"], c["metric"], c["passed"]) for c in checks] == [
+      (30, "side", True), (30, "mad", False)]
+  previous = {"stages": [{"budget_minutes": 15, "steps": 10},
+                         {"budget_minutes": 30, "steps": 20}]}
+  assert len(learning_report.resume_stages(previous, [15, 30, 60])) == 2
+  assert len(learning_report.resume_stages(previous, [15, 45])) == 1
+  assert learning_report.resume_stages(previous, [20, 30]) == []
+  assert learning_report.resume_stages(None, [15]) == []
+  assert learning_report.json_safe({"a": [np.float32(1.5), math.nan]}) == {
+      "a": [1.5, None]}
+
+
+def _assert_png_has_content(path, min_size=(400, 300)):
+  image = PIL.Image.open(path)
+  assert image.format == "PNG"
+  width, height = image.size
+  assert width >= min_size[0] and height >= min_size[1], image.size
+  pixels = np.asarray(image.convert("RGB"), np.float32)
+  # Not blank: a fair share of non-white pixels, and many distinct colours.
+  drawn = (pixels < 240).any(axis=-1).mean()
+  assert drawn > 0.02, f"{path} is {100 * (1 - drawn):.1f}% white"
+  assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50
+
+
+def test_plot_learning_curve(tmp_path):
+  _write_val_events(tmp_path / "val", [(0.025, 50.0), (0.021, 45.0),
+                                       (0.018, 40.0)])
+  curves = learning_report.read_scalars(str(tmp_path / "val"), "val/")
+  path = learning_report.plot_learning_curve(
+      str(tmp_path / "curve.png"), curves, [(32, "15 min")])
+  _assert_png_has_content(path)
+  # With no validation yet it still draws (a note), not an error.
+  _assert_png_has_content(learning_report.plot_learning_curve(
+      str(tmp_path / "empty.png"), {}))
+
+
+def test_plot_budget_curve(tmp_path):
+  path = learning_report.plot_budget_curve(
+      str(tmp_path / "budget.png"), [15.2, 30.4, 60.1, 120.3],
+      {"side": [0.95, 0.8, 0.6, 0.5], "mad": [0.97, 0.9, 0.8, 0.7]})
+  _assert_png_has_content(path)
+
+
+def test_plot_view_scatter(tmp_path):
+  rng = np.random.default_rng(1)
+  true = {"yaw": rng.uniform(-0.5, 0.5, 50), "pitch": rng.uniform(-0.17, 0.17,
+                                                                  50)}
+  predicted = {k: 0.7 * v + rng.normal(0, 0.03, 50) for k, v in true.items()}
+  _assert_png_has_content(learning_report.plot_view_scatter(
+      str(tmp_path / "views.png"), true, predicted))
+
+
+def _bump_depth(count, size):
+  y, x = np.mgrid[0:size, 0:size] / (size - 1) * 2 - 1
+  bump = 1.0 - 0.08 * np.exp(-(x ** 2 + y ** 2) / 0.3)
+  return np.repeat(bump[None], count, axis=0).astype(np.float32)
+
+
+def test_plot_faces(tmp_path):
+  k, s = 3, 16
+  rng = np.random.default_rng(2)
+  gt = _bump_depth(k, s)
+  gt[:, :, :3] = gt[:, :, -3:] = 1.1  # background at the maximum
+  faces = {"image": rng.uniform(0, 1, (k, s, s, 3)),
+           "canon_depth": _bump_depth(k, s),
+           "canon_shading": rng.uniform(0, 1, (k, s, s)),
+           "recon_depth": gt + rng.normal(0, 0.005, gt.shape),
+           "recon_mask": np.ones((k, s, s)), "gt_depth": gt}
+  depth_range = learning_report.depth_colour_range(gt, (0.9, 1.2))
+  assert 0.9 <= depth_range[0] < 0.93 and 1.0 < depth_range[1] < 1.05
+  path = learning_report.plot_faces(str(tmp_path / "faces.png"), faces,
+                                    depth_range, ["a", "b", "c"])
+  _assert_png_has_content(path, min_size=(1200, 500))
+
+
+def test_turntable_frames_lay_out_input_texture_and_shape(tmp_path):
+  s, k = 16, 2
+  renderer = renderer_lib.Renderer(image_size=s)
+  depth = _bump_depth(k, s)
+  texture = np.random.default_rng(3).uniform(0.2, 1, (k, s, s, 3)).astype(
+      np.float32)
+  outputs = {"canon_depth": depth, "canon_image": texture,
+             "canon_normal": renderer.normals_from_depth(depth).numpy()}
+  images = np.zeros((k, s, s, 3), np.float32)
+  frames = learning_report.turntable_frames(renderer.render_yaw, images,
+                                            outputs, num_frames=4, zoom=1)
+  pad = 2
+  assert frames.shape == (4, 3 * (s + pad) + pad, k * (s + pad) + pad, 3)
+  # Frame 0 is yaw 0, the identity view: row 1 shows the texture itself.
+  y, x = pad + (s + pad), pad + (s + pad)  # row 1, column 1 (second face)
+  np.testing.assert_allclose(frames[0, y + 3:y + s - 3, x + 3:x + s - 3],
+                             texture[1, 3:-3, 3:-3], atol=2 / 255)
+  assert (frames[0, pad:pad + s, pad:pad + s] == 0).all()  # row 0: input
+  path = learning_report.write_turntable(str(tmp_path / "t.gif"), frames)
+  gif = PIL.Image.open(path)
+  assert gif.format == "GIF" and gif.n_frames == 4
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__]))
