@@ -10,7 +10,6 @@ Depth is in scene units, SIDE in log depth (tables show it x 1e-2), MAD in
 degrees, views in radians.
 """
 
-import csv
 import glob
 import io
 import json
@@ -29,6 +28,7 @@ from tf_unsup3d import evaluate as evaluate_lib
 from tf_unsup3d import metrics
 from tf_unsup3d import visualization
 from tf_unsup3d.data import datasets
+from tf_unsup3d.data import synthetic
 
 BASELINES = ("null_depth", "average_gt_depth")
 METRICS = ("side", "mad")
@@ -36,8 +36,6 @@ METRICS = ("side", "mad")
 PAPER_RATIO = {"side": 0.793 / 1.990, "mad": 16.51 / 23.26}
 # Acceptance: ratio to the better baseline at most this after N minutes.
 ACCEPTANCE = {30: {"side": 0.75, "mad": 0.85}, 120: {"side": 0.55, "mad": 0.75}}
-VIEW_COLUMNS = ("index", "rx", "ry", "rz", "tx", "ty", "tz", "ambient",
-                "diffuse", "dx", "dy")
 FILES = {"report": "learning_benchmark.txt", "json": "learning_benchmark.json",
          "learning_curve": "learning_curve.png",
          "budget_curve": "learning_budget.png", "views": "learning_views.png",
@@ -146,29 +144,25 @@ def read_true_views(path, indices):
   """Rows of a views.csv for the given image indices (sorted-file order).
 
   Args:
-    path: `<split>/views.csv`, header `VIEW_COLUMNS` (radians; light terms).
+    path: `<split>/views.csv` (`synthetic.read_views`: radians; light terms).
     indices: `[N]` image indices (the `index` column) to return, in order.
 
   Returns:
     {column: `[N]` float array}, or None when the file does not exist.
 
   Raises:
-    ValueError: a column is missing or an index has no row.
+    ValueError: an unexpected header, or an index has no row.
   """
-  if not os.path.isfile(path):
+  views = synthetic.read_views(os.path.dirname(path))
+  if views is None:
     return None
-  with open(path, newline="") as f:
-    rows = list(csv.DictReader(f))
-  missing = [c for c in VIEW_COLUMNS if rows and c not in rows[0]]
-  if not rows or missing:
-    raise ValueError(f"{path}: empty or missing columns {missing}.")
-  by_index = {int(r["index"]): r for r in rows}
-  absent = [i for i in indices if int(i) not in by_index]
+  row_of = {int(i): row for row, i in enumerate(views["index"])}
+  absent = [i for i in indices if int(i) not in row_of]
   if absent:
     raise ValueError(f"{path} has no rows for images {absent[:5]} "
                      f"({len(absent)} in all).")
-  return {c: np.array([float(by_index[int(i)][c]) for i in indices])
-          for c in VIEW_COLUMNS[1:]}
+  rows = [row_of[int(i)] for i in indices]
+  return {c: views[c][rows] for c in synthetic.VIEW_COLUMNS[1:]}
 
 
 def read_scalars(log_dir, prefix=""):
@@ -627,7 +621,7 @@ def load_test_split(data_dir, batch_size=32):
   split = {"dataset": dataset, "views": None, "view_note": None,
            "image": np.concatenate([b["image"] for b in batches]),
            "depth": np.concatenate([b["depth"] for b in batches])}
-  path = os.path.join(data_dir, "test", "views.csv")
+  path = os.path.join(data_dir, "test", synthetic.VIEWS_FILE)
   bad = set(info["skipped"])
   indices = [k for k, pair in enumerate(datasets.list_paired(data_dir, "test"))
              if not bad.intersection(pair)]

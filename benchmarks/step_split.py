@@ -25,7 +25,6 @@ also timed in two child processes with TensorFlow's oneDNN kernels off and
 on (TF_ENABLE_ONEDNN_OPTS), so their ratio comes from one run.
 """
 
-import glob
 import json
 import os
 import statistics
@@ -45,6 +44,7 @@ import tensorflow as tf
 from tf_unsup3d import evaluate as evaluate_lib
 from tf_unsup3d import model as model_lib
 from tf_unsup3d import train as train_lib  # noqa: F401  (registers train.*)
+from tf_unsup3d.data import datasets
 from tf_unsup3d.rendering import sampling
 
 _GIN = flags.DEFINE_multi_string("gin_file", ["gin_configs/synthetic.gin"],
@@ -71,21 +71,21 @@ def _median_seconds(fn, steps):
 
 
 def _images(batch, size):
-  data_dir = _DATA.value
-  if data_dir is None:
-    try:
-      data_dir = gin.query_parameter("make_dataset.data_dir")
-    except ValueError:
-      data_dir = None
-  files = sorted(glob.glob(os.path.join(data_dir or "", "val", "**", "*.png"),
-                           recursive=True))
-  files = [f for f in files if "depth" not in os.path.basename(f)][:batch]
-  if len(files) < batch:
+  """The first `[batch, S, S, 3]` val images of the data pipeline (random
+  images where there is no data)."""
+  if _DATA.value:
+    with gin.unlock_config():
+      gin.bind_parameter("make_dataset.data_dir", _DATA.value)
+  try:
+    dataset, _ = datasets.make_dataset("val", training=False,
+                                       batch_size=batch)
+    images = next(iter(dataset))["image"]
+  except (ValueError, StopIteration):  # no data_dir, no split, empty
+    images = None
+  if images is None or images.shape[0] < batch:
     rng = np.random.default_rng(0)
     return tf.constant(rng.uniform(0, 1, (batch, size, size, 3)), tf.float32)
-  images = [tf.image.resize(tf.io.decode_png(tf.io.read_file(f), 3),
-                            [size, size]) / 255.0 for f in files]
-  return tf.stack(images)
+  return images
 
 
 def main(argv):

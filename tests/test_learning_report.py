@@ -14,6 +14,7 @@ import tensorflow as tf
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from benchmarks import learning_report  # noqa: E402  pylint: disable=g-import-not-at-top
 from tf_unsup3d.rendering import renderer as renderer_lib  # noqa: E402
+from tf_unsup3d.data import synthetic  # noqa: E402
 
 
 def test_fit_line_matches_polyfit_and_corrcoef():
@@ -102,7 +103,7 @@ def test_relief_is_the_range_over_the_mask():
 def _write_views(path, rows):
   with open(path, "w", newline="") as f:
     writer = csv.writer(f)
-    writer.writerow(learning_report.VIEW_COLUMNS)
+    writer.writerow(synthetic.VIEW_COLUMNS)
     writer.writerows(rows)
 
 

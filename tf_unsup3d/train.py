@@ -137,6 +137,9 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
       generate the synthetic dataset there first (`synthetic.generate`).
     seed: shuffling seed.
   """
+  if learning_rate_schedule not in ("constant", "cosine"):
+    raise ValueError("train.learning_rate_schedule must be 'constant' or "
+                     f"'cosine', got {learning_rate_schedule!r}.")
   keras.utils.set_random_seed(seed)  # weights, shuffling and flips
   # Under MultiWorkerMirroredStrategy every worker runs this function and
   # takes part in each save (saving is collective), but only the chief
@@ -226,9 +229,6 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
              for g, v in zip(grads, variables)]
     return terms, grads, outputs["view"], outputs["light"]
 
-  if learning_rate_schedule not in ("constant", "cosine"):
-    raise ValueError("train.learning_rate_schedule must be 'constant' or "
-                     f"'cosine', got {learning_rate_schedule!r}.")
   if final_lam_depth_sm is not None and model.lam_depth_sm <= 0:
     raise ValueError("train.final_lam_depth_sm needs Unsup3D.lam_depth_sm "
                      "> 0 (the term is not computed otherwise).")
@@ -298,8 +298,8 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
         continue
       lr, lam_depth_sm = schedules(int(step.numpy()))
       optimizer.learning_rate.assign(lr)
-      terms, view, light = distributed_step(batch, lam_flip,
-                                            tf.constant(lam_depth_sm, tf.float32))
+      terms, view, light = distributed_step(
+          batch, lam_flip, tf.constant(lam_depth_sm, tf.float32))
       step.assign_add(1)
       current = int(step.numpy())
       loss = float(terms["total"])
