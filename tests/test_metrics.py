@@ -43,6 +43,28 @@ def test_mad_of_known_angles():
   assert float(mad[0]) == pytest.approx(50.0, abs=1e-2)
 
 
+def test_mad_acos_convention_reads_short_normals_as_an_angle():
+  # Unit normals: both conventions give the true angle.
+  a = np.zeros((1, 1, 2, 3))
+  a[..., 2] = 1.0
+  b = np.array([[[[0, 0, 1], [0, math.sin(0.3), math.cos(0.3)]]]])
+  exact = metrics.mean_angle_deviation(t(a), t(b), t([[[0, 1]]]))
+  acos = metrics.mean_angle_deviation_acos(t(a), t(b), t([[[0, 1]]]))
+  assert float(acos[0]) == pytest.approx(math.degrees(0.3), abs=1e-2)
+  assert float(exact[0]) == pytest.approx(math.degrees(0.3), abs=1e-2)
+  # Identical directions 1% short: exact 0, acos reads acos(0.99^2).
+  short = a * 0.99
+  exact = metrics.mean_angle_deviation(t(short), t(short), t([[[1, 1]]]))
+  acos = metrics.mean_angle_deviation_acos(t(short), t(short), t([[[1, 1]]]))
+  assert float(exact[0]) == pytest.approx(0.0, abs=1e-3)
+  assert float(acos[0]) == pytest.approx(math.degrees(math.acos(0.99 ** 2)),
+                                         rel=1e-3)
+  # Opposite directions: the clip keeps acos defined.
+  acos = metrics.mean_angle_deviation_acos(t(a * 1.01), t(-a * 1.01),
+                                           t([[[1, 1]]]))
+  assert float(acos[0]) == pytest.approx(180.0, abs=1e-3)
+
+
 def test_erode_mask():
   square = np.zeros((1, 7, 7))
   square[0, 2:5, 2:5] = 1

@@ -30,7 +30,14 @@ def foreground_mask(depth_gt):
 
 
 def evaluation_mask(depth_gt, recon_mask):
-  """Pixels foreground in both ground truth and prediction, each eroded."""
+  """Pixels foreground in both ground truth and prediction, each eroded.
+
+  Args:
+    depth_gt: `[B, H, W]` ground-truth depth, background at its maximum.
+    recon_mask: `[B, H, W]` {0, 1} pixels the predicted surface covers in
+      the input view (the reference scores the original branch's mask, not
+      the one valid in both branches that the losses use).
+  """
   return erode_mask(foreground_mask(depth_gt)) * erode_mask(recon_mask)
 
 
@@ -57,18 +64,45 @@ def scale_invariant_depth_error(depth_pred, depth_gt, mask):
         tf.square(delta - mean[:, None, None]), mask))
 
 
+def _check_normals(normal_pred, normal_gt):
+  if (normal_pred.shape.rank != 4 or normal_pred.shape[-1] != 3 or
+      normal_gt.shape.rank != 4 or normal_gt.shape[-1] != 3):
+    raise ValueError("normals must be [B, H, W, 3], got "
+                     f"{normal_pred.shape} and {normal_gt.shape}.")
+
+
 def mean_angle_deviation(normal_pred, normal_gt, mask):
   """MAD per image `[B]`: mean angle in degrees between normals `[B, H, W, 3]`.
 
   The angle between directions, atan2(|a x b|, a . b): it does not depend on
-  the vectors' lengths. (Normals from depth are divided by |n| + 1e-7 like
-  the reference's, which leaves them ~0.3% short at 64x64; acos of their dot
-  product would read about 6 degrees for identical normals.)
+  the vectors' lengths. Normals from depth are divided by |n| + 1e-7 like
+  the reference's, which leaves them ~0.3% short at 64x64, so the acos of
+  their dot product (`mean_angle_deviation_acos`) reads about 6 degrees for
+  identical normals; this is the exact angle.
   """
   with tf.name_scope("mean_angle_deviation"):
-    if normal_pred.shape.rank != 4 or normal_pred.shape[-1] != 3:
-      raise ValueError(f"normals must be [B, H, W, 3], got {normal_pred.shape}.")
+    _check_normals(normal_pred, normal_gt)
     sine = tf.norm(tf.linalg.cross(normal_pred, normal_gt), axis=-1)
     cosine = tf.reduce_sum(normal_pred * normal_gt, axis=-1)
     angle = tf.atan2(sine, cosine) * (180.0 / math.pi)
+    return _masked_image_mean(angle, tf.cast(mask, tf.float32))
+
+
+def mean_angle_deviation_acos(normal_pred, normal_gt, mask):
+  """MAD per image `[B]` as the reference computes it: acos(clip(a . b)).
+
+  The convention of the paper's Table 2 numbers: with the normals of
+  `Renderer.normals_from_depth` (slightly shorter than unit, see
+  `mean_angle_deviation`) identical normals read a few degrees, depending on
+  the depth and the image size, so the values are comparable with the
+  paper's but not the exact angle.
+
+  Args:
+    normal_pred, normal_gt: `[B, H, W, 3]` normals.
+    mask: `[B, H, W]` {0, 1}.
+  """
+  with tf.name_scope("mean_angle_deviation_acos"):
+    _check_normals(normal_pred, normal_gt)
+    cosine = tf.reduce_sum(normal_pred * normal_gt, axis=-1)
+    angle = tf.acos(tf.clip_by_value(cosine, -1.0, 1.0)) * (180.0 / math.pi)
     return _masked_image_mean(angle, tf.cast(mask, tf.float32))

@@ -276,7 +276,7 @@ class Unsup3D(keras.Model):
       recon_depth = self.renderer.warp_canon_depth(depth2, view2)
       grid = self.renderer.inverse_warp_grid(recon_depth, view2)
       recon_image = sampling.bilinear_sample(canon_image, grid)
-      valid = tf.cast(recon_depth < self.renderer.far_depth, tf.float32)
+      valid = self.renderer.coverage_mask(recon_depth)
       recon_mask = tf.stop_gradient(valid[:batch] * valid[batch:])
       recon_image = recon_image * tf.tile(recon_mask, [2, 1, 1])[..., None]
 

@@ -382,6 +382,7 @@ def validate(model, predict, dataset, writer, step):
     for method, r in results.items():
       scores[f"val/side_{method}"] = float(r["side"].mean())
       scores[f"val/mad_{method}"] = float(r["mad"].mean())
+      scores[f"val/mad_acos_{method}"] = float(r["mad_acos"].mean())
   with writer.as_default(step=step):
     for key, value in scores.items():
       tf.summary.scalar(key, value)

@@ -48,6 +48,13 @@ class Renderer:
     self.margin = (self.max_depth - self.min_depth) / 2.0
     self.far_depth = self.max_depth + self.margin
 
+  def coverage_mask(self, recon_depth):
+    """`[B, S, S]` float {0, 1}: 1 where a warped depth map shows a surface.
+
+    `warp_canon_depth` writes `far_depth` where no triangle covers a pixel.
+    """
+    return tf.cast(recon_depth < self.far_depth, tf.float32)
+
   def _check_depth(self, depth):
     depth = tf.convert_to_tensor(depth, tf.float32)
     s = self.image_size
@@ -135,7 +142,7 @@ class Renderer:
     with tf.name_scope("render_view"):
       recon_depth = self.warp_canon_depth(depth, view)
       grid = self.inverse_warp_grid(recon_depth, view)
-      mask = tf.cast(recon_depth < self.far_depth, image.dtype)
+      mask = tf.cast(self.coverage_mask(recon_depth), image.dtype)
       rendered = sampling.bilinear_sample(image, grid) * mask[..., None]
       return rendered, recon_depth, mask
 
