@@ -39,6 +39,7 @@ import tensorflow as tf
 
 import learning_report as report_lib  # benchmarks/, the script's folder
 from tf_unsup3d import evaluate as evaluate_lib
+from tf_unsup3d import gin_configs
 from tf_unsup3d import train as train_lib
 
 _GIN_FILE = flags.DEFINE_string("config", "gin_configs/synthetic.gin",
@@ -103,7 +104,7 @@ def main(argv):
   del argv
   budgets = _budgets()
   gin.parse_config_files_and_bindings(
-      [_GIN_FILE.value],
+      [gin_configs.resolve(_GIN_FILE.value)],
       [f"make_dataset.data_dir = '{_DATA_DIR.value}'",
        "train.num_epochs = 1000"] + _EXTRA.value)
   model_dir = _MODEL_DIR.value

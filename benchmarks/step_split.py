@@ -42,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_unsup3d import evaluate as evaluate_lib
+from tf_unsup3d import gin_configs
 from tf_unsup3d import model as model_lib
 from tf_unsup3d import train as train_lib  # noqa: F401  (registers train.*)
 from tf_unsup3d.data import datasets
@@ -91,7 +92,7 @@ def _images(batch, size):
 def main(argv):
   del argv
   gin.parse_config_files_and_bindings(
-      _GIN.value, _PARAMS.value + ["Unsup3D.vgg_weights = None"],
+      [gin_configs.resolve(f) for f in _GIN.value], _PARAMS.value + ["Unsup3D.vgg_weights = None"],
       skip_unknown=True)
   batch = gin.query_parameter("train.batch_size")
   if _CHECKPOINT.value:

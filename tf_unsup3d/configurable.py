@@ -5,6 +5,8 @@ import inspect
 from absl import flags
 import gin
 
+from tf_unsup3d import gin_configs
+
 
 def keras_configurable(cls):
   """`@gin.configurable` for a Keras layer or model class.
@@ -22,7 +24,9 @@ def keras_configurable(cls):
 def gin_flags():
   """The --gin_file and --gin_param flags, defined once for every CLI."""
   if "gin_file" not in flags.FLAGS:
-    flags.DEFINE_multi_string("gin_file", [], "Gin config files.")
+    flags.DEFINE_multi_string(
+        "gin_file", [], "Gin config files: paths, or names of the bundled "
+        f"configs ({', '.join(gin_configs.available())}).")
     flags.DEFINE_multi_string("gin_param", [],
                               "Gin bindings, e.g. 'train.num_epochs = 5'.")
   return flags.FLAGS
@@ -36,6 +40,7 @@ def parse_gin_flags(skip_unknown=()):
       (e.g. `train` when evaluating with a training config); any other
       unknown name is still an error, so typos do not pass silently.
   """
-  gin.parse_config_files_and_bindings(flags.FLAGS.gin_file,
+  gin.parse_config_files_and_bindings([gin_configs.resolve(f)
+                                       for f in flags.FLAGS.gin_file],
                                       flags.FLAGS.gin_param,
                                       skip_unknown=list(skip_unknown))

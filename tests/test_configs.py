@@ -1,0 +1,144 @@
+"""The bundled gin configs: found by name, and faithful to the paper's settings."""
+
+import os
+import subprocess
+import sys
+import zipfile
+
+import gin
+import pytest
+
+from tf_unsup3d import gin_configs
+from tf_unsup3d import model  # noqa: F401  (registers Unsup3D)
+from tf_unsup3d import train  # noqa: F401  (registers train, generate_synthetic)
+from tf_unsup3d.data import datasets  # noqa: F401  (registers make_dataset)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# DESIGN section 6, one row per line of its table, transcribed value by
+# value (the reference's experiments/train_*.yml).
+PAPER = {
+    "celeba": {
+        "Unsup3D.image_size": 64, "make_dataset.image_size": 64,
+        "train.batch_size": 64, "train.num_epochs": 30,
+        "make_dataset.crop_spec": None,
+        "Unsup3D.lam_perc": 1.0, "Unsup3D.lam_flip": 0.5,
+        "Unsup3D.lam_depth_sm": 0.0, "Unsup3D.use_conf_map": True,
+        "Unsup3D.amb_light_range": (0.0, 1.0),
+        "Unsup3D.diff_light_range": (0.0, 1.0),
+        "Unsup3D.border_depth": None,
+        "Unsup3D.xyz_rotation_range": 60.0,
+        "Unsup3D.xy_translation_range": 0.1,
+        "Unsup3D.z_translation_range": 0.0,
+        "make_dataset.layout": "folder",
+    },
+    "synface": {
+        "Unsup3D.image_size": 64, "make_dataset.image_size": 64,
+        "train.batch_size": 64, "train.num_epochs": 30,
+        "make_dataset.crop_spec": 170,
+        "Unsup3D.lam_perc": 1.0, "Unsup3D.lam_flip": 0.5,
+        "Unsup3D.lam_depth_sm": 0.0, "Unsup3D.use_conf_map": True,
+        "Unsup3D.amb_light_range": (0.0, 1.0),
+        "Unsup3D.diff_light_range": (0.0, 1.0),
+        "Unsup3D.border_depth": None,
+        "Unsup3D.xyz_rotation_range": 60.0,
+        "Unsup3D.xy_translation_range": 0.1,
+        "Unsup3D.z_translation_range": 0.0,
+        "make_dataset.layout": "paired",
+    },
+    "cats": {
+        "Unsup3D.image_size": 64, "make_dataset.image_size": 64,
+        "train.batch_size": 64, "train.num_epochs": 200,
+        "make_dataset.crop_spec": 170,
+        "Unsup3D.lam_perc": 1.0, "Unsup3D.lam_flip": 0.5,
+        "train.lam_flip_start_epoch": 10,
+        "Unsup3D.lam_depth_sm": 0.0, "Unsup3D.use_conf_map": True,
+        "Unsup3D.amb_light_range": (0.0, 1.0),
+        "Unsup3D.diff_light_range": (0.0, 1.0),
+        "Unsup3D.border_depth": None,
+        "Unsup3D.xyz_rotation_range": 60.0,
+        "Unsup3D.xy_translation_range": 0.1,
+        "Unsup3D.z_translation_range": 0.1,
+        "make_dataset.layout": "folder",
+    },
+    "cars": {
+        "Unsup3D.image_size": 64, "make_dataset.image_size": 64,
+        "train.batch_size": 64, "train.num_epochs": 100,
+        "make_dataset.crop_spec": (8, 14, 100, 100),
+        "Unsup3D.lam_perc": 0.01, "Unsup3D.lam_flip": 1.0,
+        "Unsup3D.lam_depth_sm": 0.1, "Unsup3D.use_conf_map": False,
+        "Unsup3D.amb_light_range": (0.0, 1.0),
+        "Unsup3D.diff_light_range": (0.5, 1.0),
+        "Unsup3D.border_depth": 1.08,
+        "Unsup3D.xyz_rotation_range": 60.0,
+        "Unsup3D.xy_translation_range": 0.1,
+        "Unsup3D.z_translation_range": 0.0,
+        "make_dataset.layout": "folder",
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_config_matches_design_table(name):
+  gin.clear_config()
+  try:
+    gin.parse_config_file(gin_configs.resolve(name))
+    for parameter, expected in PAPER[name].items():
+      value = gin.query_parameter(parameter)
+      value = tuple(value) if isinstance(value, list) else value
+      assert value == expected, f"{name}.gin: {parameter}"
+  finally:
+    gin.clear_config()
+
+
+def test_every_bundled_config_parses():
+  assert set(PAPER) | {"synthetic"} <= set(gin_configs.available())
+  for name in gin_configs.available():
+    gin.clear_config()
+    try:
+      gin.parse_config_file(gin_configs.resolve(name))
+    finally:
+      gin.clear_config()
+
+
+def test_names_resolve_to_bundled_configs_from_any_directory(tmp_path,
+                                                             monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  expected = os.path.join(gin_configs.DIRECTORY, "cars.gin")
+  for name in ("cars", "cars.gin", "gin_configs/cars.gin"):
+    assert gin_configs.resolve(name) == expected
+  own = tmp_path / "cars.gin"  # a file of one's own wins over the bundled
+  own.write_text("Unsup3D.nf = 8\n")
+  assert gin_configs.resolve("cars.gin") == "cars.gin"
+  with pytest.raises(FileNotFoundError) as error:
+    gin_configs.resolve("carz.gin")
+  for name in PAPER:
+    assert name in str(error.value)
+  with pytest.raises(FileNotFoundError):
+    gin_configs.resolve("elsewhere/cars.gin")  # a path is taken as a path
+
+
+def test_repository_link_points_at_the_bundled_configs():
+  assert (os.path.realpath(os.path.join(ROOT, "gin_configs")) ==
+          os.path.realpath(gin_configs.DIRECTORY))
+
+
+def test_unknown_config_name_from_the_command_line_lists_the_configs(
+    tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "tf_unsup3d.evaluate", "--gin_file=carz.gin",
+       "--checkpoint=x"], cwd=tmp_path, capture_output=True, text=True,
+      timeout=300)
+  assert result.returncode != 0
+  assert "carz.gin" in result.stderr and "celeba" in result.stderr
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_configs(tmp_path):
+  subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                  "--no-build-isolation", "-q", "-w", str(tmp_path), ROOT],
+                 check=True, capture_output=True, timeout=600)
+  wheel, = tmp_path.glob("tf_unsup3d-*.whl")
+  names = zipfile.ZipFile(wheel).namelist()
+  for name in gin_configs.available():
+    assert f"tf_unsup3d/gin_configs/{name}.gin" in names
