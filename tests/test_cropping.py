@@ -1,0 +1,104 @@
+"""Boxes to crops: the reference demo's rule, edge padding, box files, and
+MTCNN on real photographs (scikit-image's astronaut and cat)."""
+
+import numpy as np
+import pytest
+
+from tf_unsup3d import cropping
+
+
+def test_reference_rule_against_a_hand_computation():
+  # Box 83 x 107 at (182, 64): half side int((83 + 107) / 4 * 1.1) = 52;
+  # centre (223.5, 117.5); top int(117.5 + 0.15 * 52) - 52 = 125 - 52 = 73;
+  # left int(223.5) - 52 = 171.
+  assert cropping.reference_square((182, 64, 83, 107)) == (73, 171, 104, 104)
+  # A square box at the origin: half int(10 * 1.1) = 11, centre (10, 10),
+  # top int(10 + 1.65) - 11 = 0, left 10 - 11 = -1 (past the edge).
+  assert cropping.reference_square((0, 0, 20, 20)) == (0, -1, 22, 22)
+
+
+def test_reference_rule_matches_padding_then_cropping():
+  # The reference pads by the half side with edge replication, then slices
+  # the padded photo; `crop` must give the same pixels without the padding.
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)
+  for box in [(5, 3, 20, 25), (45, 20, 14, 30), (-4, -6, 30, 18)]:
+    x0, y0, w, h = box
+    half = int((w + h) / 2 / 2 * 1.1)
+    padded = np.pad(image, ((half, half), (half, half), (0, 0)), mode="edge")
+    hc, wc = y0 + h / 2, x0 + w / 2
+    r0, c0 = int(hc + half * 0.15), int(wc)
+    expected = padded[r0:r0 + 2 * half, c0:c0 + 2 * half]
+    got = cropping.crop(image, cropping.reference_square(box))
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_crop_repeats_edges_and_allocates_only_the_crop():
+  image = np.arange(12, dtype=np.uint8).reshape(3, 4, 1)
+  got = cropping.crop(image, (-1, 2, 3, 4))[..., 0]
+  np.testing.assert_array_equal(got, [[2, 3, 3, 3], [2, 3, 3, 3],
+                                      [6, 7, 7, 7]])
+  far = cropping.crop(image, (10**9, -10**9, 2, 2))  # no huge padding
+  np.testing.assert_array_equal(far[..., 0], [[8, 8], [8, 8]])
+
+
+def test_box_rule_crops_the_box_as_given():
+  image = np.arange(5 * 6, dtype=np.uint8).reshape(5, 6, 1)
+  region = cropping.region_for((1, 2, 3, 2), "box")
+  assert region == (2, 1, 2, 3)
+  np.testing.assert_array_equal(cropping.crop(image, region), image[2:4, 1:4])
+  with pytest.raises(cropping.BoxError, match="unknown box rule"):
+    cropping.region_for((1, 2, 3, 2), "square")
+  with pytest.raises(cropping.BoxError, match="positive"):
+    cropping.region_for((1, 2, 0, 2), "box")
+
+
+def test_read_boxes(tmp_path):
+  path = tmp_path / "boxes.csv"
+  path.write_text("file,x0,y0,width,height\ncat.png, 100, 30, 300, 270\n\n"
+                  "b.jpg,1.5,2,3,4\n")
+  assert cropping.read_boxes(str(path)) == {
+      "cat.png": (100.0, 30.0, 300.0, 270.0), "b.jpg": (1.5, 2.0, 3.0, 4.0)}
+  path.write_text("cat.png,100,30,300\n")
+  with pytest.raises(cropping.BoxError, match="line 1: expected 5 columns"):
+    cropping.read_boxes(str(path))
+  path.write_text("cat.png,100,30,300,x\n")
+  with pytest.raises(cropping.BoxError, match="line 1"):
+    cropping.read_boxes(str(path))
+  path.write_text("a.png,1,1,2,2\na.png,1,1,3,3\n")
+  with pytest.raises(cropping.BoxError, match="line 2: 'a.png' has a box"):
+    cropping.read_boxes(str(path))
+
+
+def _photo(name):
+  data = pytest.importorskip("skimage.data")
+  return getattr(data, name)()
+
+
+def _iou(a, b):
+  ax, ay, aw, ah = a
+  bx, by, bw, bh = b
+  w = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
+  h = max(0.0, min(ay + ah, by + bh) - max(ay, by))
+  return w * h / (aw * ah + bw * bh - w * h)
+
+
+@pytest.fixture(scope="module")
+def detector():
+  pytest.importorskip("mtcnn", reason="optional extra: pip install -e .[faces]")
+  return cropping.FaceDetector()
+
+
+@pytest.mark.slow
+def test_mtcnn_finds_the_astronauts_face_and_no_face_in_the_cat(detector):
+  # Hand-checked on the photo: the face from brows to chin, cheek to cheek,
+  # and its features (eyes, mouth corners, chin) as (x, y).
+  hand = (183, 85, 82, 88)
+  features = [(205, 100), (245, 101), (203, 139), (244, 140), (224, 168)]
+  box = detector.largest_face(_photo("astronaut"))
+  assert box is not None and _iou(box, hand) > 0.6, box
+  top, left, side, _ = cropping.reference_square(box)
+  for x, y in features:  # well inside the square crop
+    assert left + 0.1 * side < x < left + 0.9 * side, (x, left, side)
+    assert top + 0.1 * side < y < top + 0.95 * side, (y, top, side)
+  assert detector.largest_face(_photo("chelsea")) is None
