@@ -6,7 +6,7 @@ nearest at each pixel) is written here in pure TensorFlow: a z-buffer over
 all (pixel, triangle) pairs, vectorised over the batch and over chunks of
 triangles, with static shapes so that it compiles under XLA. It carries no
 gradient. Gradients come from TFG's `differentiable_barycentrics`, evaluated
-on the triangles it picked, and `interpolate_vertex_attribute`.
+on the triangle it picked at each pixel, and `interpolate_vertex_attribute`.
 """
 
 import math
@@ -301,15 +301,22 @@ def rasterize_depth(points, faces, focal, principal_point, height, width,
         screen, faces, height, width, triangle_chunk, windows)
     batch = tf.shape(points)[0]
     mask = tf.cast(covered, tf.float32)[..., None]
+    # TFG inverts one matrix per listed triangle; a grid mesh has about two
+    # triangles per pixel, so it gets each pixel's own triangle instead, and
+    # each pixel indexes its own entry (half the work of listing the mesh).
+    pixel_faces = tf.gather(faces, triangle_id)  # [B, H, W, 3]
+    pixel_index = tf.reshape(tf.range(height * width, dtype=tf.int32),
+                             [1, height, width, 1])
     framebuffer = fb_lib.Framebuffer(
         foreground_mask=mask,
-        triangle_id=triangle_id[..., None],
-        vertex_ids=tf.gather(faces, triangle_id),
+        triangle_id=tf.broadcast_to(pixel_index,
+                                    tf.stack([batch, height, width, 1])),
+        vertex_ids=pixel_faces,
         barycentrics=fb_lib.RasterizedAttribute(
             tf.zeros([batch, height, width, 3]), None, None))
     clip = camera.clip_space(points, focal, principal_point, height, width)
     framebuffer = barycentrics.differentiable_barycentrics(
-        framebuffer, clip, tf.broadcast_to(faces[None], tf.stack([batch, tf.shape(faces)[0], 3])))
+        framebuffer, clip, tf.reshape(pixel_faces, [batch, height * width, 3]))
     depth = interpolate.interpolate_vertex_attribute(
         points[..., 2:], framebuffer, background_value=[background_depth])
     return depth.value[..., 0], covered
