@@ -70,6 +70,38 @@ def test_read_boxes(tmp_path):
     cropping.read_boxes(str(path))
 
 
+class _Detector:
+  """A stand-in detector that returns a fixed answer."""
+
+  def __init__(self, box):
+    self.box = box
+
+  def largest_face(self, image):
+    del image
+    return self.box
+
+
+def test_frame_follows_box_then_detector_then_policy():
+  image = np.arange(40 * 50 * 3, dtype=np.int64).reshape(40, 50, 3) % 251
+  image = image.astype(np.uint8)
+  box = (10, 5, 20, 20)
+  got, how = cropping.frame(image, box=box, rule="box")
+  np.testing.assert_array_equal(got, image[5:25, 10:30])
+  assert how.startswith("box (10, 5, 20 x 20)")
+  # A given box wins over the detector.
+  got, how = cropping.frame(image, box=box, detector=_Detector((0, 0, 4, 4)))
+  np.testing.assert_array_equal(
+      got, cropping.crop(image, cropping.reference_square(box)))
+  got, how = cropping.frame(image, detector=_Detector(box))
+  assert how.startswith("face") and got.shape == (22, 22, 3)
+  with pytest.raises(cropping.NoFaceError, match="no face"):
+    cropping.frame(image, detector=_Detector(None))
+  got, how = cropping.frame(image, detector=_Detector(None), no_face="centre")
+  assert got.shape == image.shape and "centre" in how
+  with pytest.raises(ValueError, match="no_face"):
+    cropping.frame(image, detector=_Detector(None), no_face="center")
+
+
 def _photo(name):
   data = pytest.importorskip("skimage.data")
   return getattr(data, name)()

@@ -15,11 +15,16 @@ import math
 import numpy as np
 
 BOX_RULES = ("reference", "box")
+NO_FACE_POLICIES = ("skip", "centre")
 FACES_EXTRA = 'pip install -e ".[faces]"  (or: pip install mtcnn==1.0.0)'
 
 
 class BoxError(ValueError):
   """A box file or a box that cannot be used; the message says which."""
+
+
+class NoFaceError(ValueError):
+  """The face detector found no face in a photo."""
 
 
 def _check_box(box):
@@ -158,3 +163,41 @@ class FaceDetector:
       return None
     box = max(faces, key=lambda f: f["box"][2] * f["box"][3])["box"]
     return tuple(float(v) for v in box)
+
+
+def frame(image, box=None, detector=None, rule="reference", no_face="skip"):
+  """Crops a photo to its object, the way the demo and the client do.
+
+  With a `box` it is cropped by `rule`; else with a `detector` the largest
+  face's box is (by `rule` too); else the photo is returned whole (the
+  model's preprocessing then centre-crops it to a square).
+
+  Args:
+    image: `[H, W, 3]` uint8 RGB photo.
+    box: (x0, y0, width, height) in pixels, or None.
+    detector: a `FaceDetector`, or None.
+    rule: 'reference' (the reference demo's square) or 'box' (as given).
+    no_face: when the detector finds no face, 'skip' (raise NoFaceError) or
+      'centre' (return the photo whole).
+
+  Returns:
+    (crop `[h, w, 3]` uint8, a short description of how it was framed).
+  """
+  if no_face not in NO_FACE_POLICIES:
+    raise ValueError(f"no_face must be one of {NO_FACE_POLICIES}, got "
+                     f"{no_face!r}.")
+  how = "box"
+  if box is None and detector is not None:
+    box = detector.largest_face(image)
+    if box is None:
+      if no_face == "skip":
+        raise NoFaceError("no face found (--no_face=centre centre-crops such "
+                          "photos instead)")
+      return np.asarray(image), "no face found: centre crop"
+    how = "face"
+  if box is None:
+    return np.asarray(image), "centre crop"
+  region = region_for(box, rule)
+  x0, y0, width, height = _check_box(box)
+  return crop(image, region), (
+      f"{how} ({x0:.0f}, {y0:.0f}, {width:.0f} x {height:.0f}), {rule} rule")
