@@ -1,18 +1,22 @@
-"""Encoded image files -> model inputs, in-graph (serving) and eagerly (demo).
+"""Encoded image files -> model inputs, for training, serving and the demo.
 
 Any JPEG, PNG (8 or 16 bit, grey, grey + alpha, RGB, RGBA), GIF (first
 frame) or BMP becomes a `[S, S, 3]` float image in [0, 1]: decoded as RGB
-(grey replicated, alpha dropped), centre-cropped to a square and resized
-with an antialiasing area filter, as the training data pipeline does
-(`tf_unsup3d.data.datasets`).
+(grey replicated, alpha dropped), optionally cropped (`crop_spec`),
+centre-cropped to a square and resized with an antialiasing area filter
+(`center_crop_resize`). The training pipeline (`tf_unsup3d.data.datasets`),
+the serving signature and the demo all go through these functions, so a
+non-square photo is seen the same way by all three.
 
 The pixel count is read from the file header before any pixel is decoded,
-so a huge image is rejected without allocating its buffer.
+so a huge image is rejected without allocating its buffer; the training
+data check (`datasets.check_files`) applies the same limit.
 """
 
 import tensorflow as tf
 
 # 4096 x 4096: a 64 MiB RGB buffer at most, decoded and then downsampled.
+# The one pixel limit of serving, the demo and the training data.
 DEFAULT_MAX_PIXELS = 4096 * 4096
 
 FORMATS = ("jpeg", "png", "gif", "bmp")
@@ -91,9 +95,82 @@ def header_size(data):
                           [jpeg, png, gif, bmp, unknown])
 
 
-def center_crop_resize(image, size):
-  """Centre square crop of `[H, W, C]`, resized to `[size, size, C]` (area)."""
+def validate_crop_spec(crop_spec):
+  """Checks a crop setting; returns None, an int or a (y0, x0, h, w) tuple.
+
+  Args:
+    crop_spec: None (no crop), a positive int (centre square of that side,
+      at most the image's shorter side) or four ints (y0, x0, h, w) in
+      pixels of the original image, y0, x0 >= 0 and h, w > 0.
+
+  Raises:
+    ValueError: naming the setting, for anything else.
+  """
+  if crop_spec is None:
+    return None
+  if isinstance(crop_spec, int) and not isinstance(crop_spec, bool):
+    if crop_spec <= 0:
+      raise ValueError(f"crop_spec {crop_spec}: a centre crop size must be "
+                       "positive.")
+    return crop_spec
+  box = tuple(crop_spec) if isinstance(crop_spec, (list, tuple)) else ()
+  if (len(box) != 4 or not all(isinstance(v, int) and not isinstance(v, bool)
+                               for v in box)
+      or box[0] < 0 or box[1] < 0 or box[2] <= 0 or box[3] <= 0):
+    raise ValueError(f"crop_spec {crop_spec!r} must be None, a positive int "
+                     "(centre crop) or four ints (y0, x0, h, w) with y0, x0 "
+                     ">= 0 and h, w > 0.")
+  return box
+
+
+def crop_fits(crop_spec, height, width):
+  """Whether `crop_spec` (see `validate_crop_spec`) fits a height x width image.
+
+  None and centre crops always fit (a centre crop larger than the image
+  takes its shorter side); a box must lie inside the image.
+  """
+  crop_spec = validate_crop_spec(crop_spec)
+  if not isinstance(crop_spec, tuple):
+    return True
+  y0, x0, h, w = crop_spec
+  return y0 + h <= height and x0 + w <= width
+
+
+def crop(image, crop_spec):
+  """Crops `[H, W, C]` by `crop_spec` (None, centre size or (y0, x0, h, w)).
+
+  A box outside the image raises `InvalidArgumentError`; callers check
+  `crop_fits` first to say which image and which crop.
+  """
+  crop_spec = validate_crop_spec(crop_spec)
+  if crop_spec is None:
+    return image
+  if isinstance(crop_spec, int):
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    size = tf.minimum(crop_spec, tf.minimum(height, width))
+    return tf.image.crop_to_bounding_box(
+        image, (height - size) // 2, (width - size) // 2, size, size)
+  y0, x0, h, w = crop_spec
+  return tf.image.crop_to_bounding_box(image, y0, x0, h, w)
+
+
+def center_crop_resize(image, size, crop_spec=None, method="area"):
+  """`[H, W, C]` -> `[size, size, C]` float32: crop, centre square, resize.
+
+  The one geometric preprocessing of training, serving and the demo:
+  `crop_spec` (None for serving and the demo) is applied first, then the
+  centre square of the result (a non-square photo is cropped, never
+  squashed), then an antialiased resize.
+
+  Args:
+    image: `[H, W, C]`, any real dtype, values kept as they are.
+    size: output side S in pixels.
+    crop_spec: see `validate_crop_spec`.
+    method: 'area' for images; 'bilinear' (antialiased, as PIL's bilinear
+      resize the reference uses) for ground-truth depth.
+  """
   with tf.name_scope("center_crop_resize"):
+    image = crop(image, crop_spec)
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     side = tf.minimum(height, width)
     image = tf.image.crop_to_bounding_box(
@@ -101,19 +178,19 @@ def center_crop_resize(image, size):
     # Already the right size: no resampling, so 64 x 64 files pass exactly.
     resized = tf.cond(
         tf.equal(side, size), lambda: tf.cast(image, tf.float32),
-        lambda: tf.image.resize(image, [size, size], method="area",
+        lambda: tf.image.resize(image, [size, size], method=method,
                                 antialias=True))
     return tf.ensure_shape(resized, [size, size, image.shape[-1]])
 
 
-def decode_image(data, size=64, max_pixels=DEFAULT_MAX_PIXELS):
-  """One encoded image (scalar string) -> `[size, size, 3]` float32 in [0, 1].
+def decode_rgb(data, max_pixels=DEFAULT_MAX_PIXELS):
+  """One encoded image (scalar string) -> `[H, W, 3]` float32 in [0, 1].
 
   Raises (`tf.errors.InvalidArgumentError`, eagerly or when the graph runs)
   with a message saying why: not an image, or more than `max_pixels`
   pixels (checked on the header before decoding, and again after).
   """
-  with tf.name_scope("decode_image"):
+  with tf.name_scope("decode_rgb"):
     data = tf.convert_to_tensor(data, tf.string)
     length = tf.strings.length(data)
     known = format_index(data) >= 0
@@ -138,7 +215,16 @@ def decode_image(data, size=64, max_pixels=DEFAULT_MAX_PIXELS):
     with tf.control_dependencies([check_size(shape[0], shape[1])]):
       image = tf.identity(image)
     image.set_shape([None, None, 3])
-    return center_crop_resize(image, size)
+    return image
+
+
+def decode_image(data, size=64, max_pixels=DEFAULT_MAX_PIXELS):
+  """One encoded image (scalar string) -> `[size, size, 3]` float32 in [0, 1].
+
+  `decode_rgb` then `center_crop_resize`; raises as `decode_rgb` does.
+  """
+  with tf.name_scope("decode_image"):
+    return center_crop_resize(decode_rgb(data, max_pixels), size)
 
 
 def decode_images(data, size=64, max_pixels=DEFAULT_MAX_PIXELS):

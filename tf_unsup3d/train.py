@@ -161,21 +161,22 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
   _, train_info = datasets.make_dataset("train", training=True,
                                         batch_size=batch_size,
                                         check_cache_dir=model_dir)
-  steps_per_epoch = train_info["num_files"] - train_info["num_skipped"]
-  steps_per_epoch //= batch_size
-  if steps_per_epoch < 1:
-    raise datasets.DataError(
-        f"The train split has fewer usable images than one batch "
-        f"({batch_size}); lower train.batch_size.")
+  steps_per_epoch = datasets.steps_per_epoch(train_info, batch_size)
   replica_batch = batch_size // strategy.num_replicas_in_sync
   if replica_batch * strategy.num_replicas_in_sync != batch_size:
     raise ValueError(f"batch_size {batch_size} does not split evenly over "
                      f"{strategy.num_replicas_in_sync} replicas.")
-  train_data = strategy.distribute_datasets_from_function(
-      lambda ctx: datasets.make_dataset(
-          "train", training=True,
-          batch_size=ctx.get_per_replica_batch_size(batch_size),
-          check_cache_dir=model_dir, input_context=ctx, seed=seed)[0])
+  # One pipeline per epoch, its order and flips set by (seed, epoch), so the
+  # batches a resumed epoch skips are the ones it trained on. `epoch` is the
+  # checkpointed counter, read when each epoch starts.
+  train_data = datasets.EpochDatasets(
+      lambda current: strategy.distribute_datasets_from_function(
+          lambda ctx: datasets.make_dataset(
+              "train", training=True,
+              batch_size=ctx.get_per_replica_batch_size(batch_size),
+              check_cache_dir=model_dir, input_context=ctx, seed=seed,
+              epoch=current, log_skipped=False)[0]),
+      lambda: epoch.numpy())
   val_data, val_info = datasets.make_dataset("val", training=False,
                                              batch_size=batch_size,
                                              check_cache_dir=model_dir)

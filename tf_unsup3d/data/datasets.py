@@ -2,24 +2,39 @@
 
 Every pipeline yields dicts: `image` `[B, S, S, 3]` float32 in [0, 1] and,
 for paired data, `depth` `[B, S, S]` in scene units (DESIGN section 6).
-Files that cannot be decoded are found before training starts (`check_files`),
-named in a warning, left out and counted; empty or missing splits and images
-without their depth partner are errors.
+Images go through `tf_unsup3d.preprocessing` (decode, crop, centre square,
+resize), the same functions the serving signature and the demo use.
+
+Files that cannot be used (corrupt, truncated, over the pixel limit, a
+broken symbolic link, smaller than the crop box) are found before training
+starts (`check_files`), named in a warning with the reason, left out and
+counted; empty or missing splits, images without their depth partner and a
+crop that fits no image are errors.
+
+A training epoch's order, and its random flips, are a function of
+(seed, epoch) alone (`epoch_order`), so a run resumed mid-epoch in another
+process skips exactly the batches it had trained on.
 """
 
 import concurrent.futures
+import errno
 import glob
 import json
 import os
+import typing
 
 from absl import logging
 import gin
 import tensorflow as tf
 
 from tf_unsup3d import atomic_files
+from tf_unsup3d import preprocessing
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 LAYOUTS = ("folder", "paired", "tfrecord")
+# Stateless random ops pick their algorithm per device unless told: fix it,
+# so the order does not depend on where the pipeline runs.
+_RNG_ALG = "philox"
 
 
 class DataError(ValueError):
@@ -47,7 +62,8 @@ def list_paired(data_dir, split):
   """Sorted (image, depth) paths of the synthetic-face layout.
 
   `<split>/image/*_image.png` with `<split>/depth/*_depth.png`, the depth
-  file named by replacing `image` with `depth`.
+  file named by replacing `image` with `depth`. A depth partner that is a
+  broken symbolic link counts as present here: `check_files` skips it.
   """
   image_dir = os.path.join(data_dir, split, "image")
   if not os.path.isdir(image_dir):
@@ -61,52 +77,125 @@ def list_paired(data_dir, split):
   for image in images:
     name = os.path.basename(image).replace("_image.", "_depth.")
     depth = os.path.join(data_dir, split, "depth", name)
-    if not os.path.isfile(depth):
+    if not os.path.lexists(depth):
       raise DataError(f"Image {image} has no depth partner: expected {depth}.")
     pairs.append((image, depth))
   return pairs
 
 
-def _decodes(path):
+class FileCheck(typing.NamedTuple):
+  """What `check_files` found.
+
+  good: usable paths, in input order. bad: the others, in input order.
+  reasons: {bad path: why, as readable text}. sizes: {good path: (height,
+  width)} in pixels.
+  """
+  good: list
+  bad: list
+  reasons: dict
+  sizes: dict
+
+
+def _inspect(path, max_pixels):
+  """Cache entry for one file: its size from the header, decoded if small.
+
+  {'height', 'width', 'decoded'} or {'error': reason}. Files over
+  `max_pixels` are not decoded (`decoded` False), so a huge image costs no
+  memory here; a later run with a higher limit decodes them then.
+  """
   try:
-    data = tf.io.read_file(path)
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    return {"error": f"cannot be read ({e.strerror})"}
+  if int(preprocessing.format_index(data)) < 0:
+    return {"error": "not a JPEG, PNG, GIF or BMP file"}
+  height, width = (int(v) for v in preprocessing.header_size(data))
+  if height * width > max_pixels:
+    return {"height": height, "width": width, "decoded": False}
+  try:
     image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    return image.shape[0] > 0 and image.shape[1] > 0
   except (tf.errors.OpError, ValueError):
-    return False
+    return {"error": "cannot be decoded as an image (corrupt or truncated)"}
+  height, width = int(image.shape[0]), int(image.shape[1])
+  if height == 0 or width == 0:
+    return {"error": "has no pixels"}
+  return {"height": height, "width": width, "decoded": True}
 
 
-def check_files(paths, cache_path=None):
-  """Decodes every file once; returns (good, bad) path lists.
+def _unreadable(path, error):
+  """Why `os.stat(path)` failed, as readable text."""
+  if os.path.islink(path):
+    if error.errno == errno.ELOOP:
+      return "symbolic link loop"
+    if error.errno == errno.ENOENT:
+      return f"broken symbolic link (target {os.readlink(path)} is missing)"
+  return f"cannot be read ({error.strerror})"
 
-  Bad files (corrupt, truncated, not an image) are logged by name. With
-  `cache_path`, results are stored as JSON keyed by path, size and mtime, so
-  a resumed run does not decode everything again.
+
+def check_files(paths, cache_path=None,
+                max_pixels=preprocessing.DEFAULT_MAX_PIXELS, log=True):
+  """Reads every file's header, decodes the small enough ones once.
+
+  Args:
+    paths: file paths (str).
+    cache_path: optional JSON file keeping the results, keyed by path, size
+      and mtime, so a resumed run does not decode everything again.
+    max_pixels: larger images (height x width, from the header) are skipped
+      without being decoded (`preprocessing.DEFAULT_MAX_PIXELS`, as serving).
+    log: warn once per skipped file, naming it and the reason.
+
+  Returns:
+    A `FileCheck`. Unreadable paths (broken or looping symbolic links,
+    permissions), non-images, corrupt files and images over `max_pixels`
+    are bad.
   """
   cache = {}
   if cache_path and os.path.isfile(cache_path):
     with open(cache_path) as f:
       cache = json.load(f)
+  reasons, keys = {}, {}
+  for path in paths:
+    try:
+      stat = os.stat(path)
+    except OSError as e:  # dangling or looping link, permissions
+      reasons[path] = _unreadable(path, e)
+      continue
+    keys[path] = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
 
-  def key(path):
-    stat = os.stat(path)
-    return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+  def stale(entry):
+    # Entries of older versions were booleans; images skipped as too large
+    # need decoding once the limit allows them.
+    return not isinstance(entry, dict) or (
+        "error" not in entry and not entry["decoded"]
+        and entry["height"] * entry["width"] <= max_pixels)
 
-  todo = [p for p in paths if key(p) not in cache]
+  todo = [p for p, k in keys.items() if stale(cache.get(k))]
   if todo:
     logging.info("Checking %d files for decode errors...", len(todo))
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-      for path, ok in zip(todo, pool.map(_decodes, todo)):
-        cache[key(path)] = ok
-  if cache_path and todo:
-    # The workers of one run may write the same cache at once.
-    atomic_files.write_bytes(cache_path, json.dumps(cache).encode())
-  good = [p for p in paths if cache[key(p)]]
-  bad = [p for p in paths if not cache[key(p)]]
-  for path in bad:
-    logging.warning("Skipping %s: it cannot be decoded as an image (corrupt, "
-                    "truncated or not an image).", path)
-  return good, bad
+      for path, entry in zip(
+          todo, pool.map(lambda p: _inspect(p, max_pixels), todo)):
+        cache[keys[path]] = entry
+    if cache_path:
+      # The workers of one run may write the same cache at once.
+      atomic_files.write_bytes(cache_path, json.dumps(cache).encode())
+  sizes = {}
+  for path, key in keys.items():
+    entry = cache[key]
+    if "error" in entry:
+      reasons[path] = entry["error"]
+    elif entry["height"] * entry["width"] > max_pixels:
+      reasons[path] = (f"{entry['height']} x {entry['width']} pixels, more "
+                       f"than max_pixels = {max_pixels} "
+                       "(gin make_dataset.max_pixels)")
+    else:
+      sizes[path] = (entry["height"], entry["width"])
+  bad = [p for p in paths if p in reasons]
+  if log:
+    for path in bad:
+      logging.warning("Skipping %s: %s.", path, reasons[path])
+  return FileCheck([p for p in paths if p in sizes], bad, reasons, sizes)
 
 
 def decode_depth(png_bytes, min_depth, max_depth):
@@ -121,139 +210,316 @@ def decode_depth(png_bytes, min_depth, max_depth):
   return min_depth + (g + 1.0) / 2.0 * (max_depth - min_depth)
 
 
-def crop(image, crop_spec):
-  """Crops `[H, W, C]`: None, an int centre-crop size, or (y0, x0, h, w)."""
-  if crop_spec is None:
-    return image
-  if isinstance(crop_spec, int):
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
-    size = tf.minimum(crop_spec, tf.minimum(height, width))
-    return tf.image.crop_to_bounding_box(
-        image, (height - size) // 2, (width - size) // 2, size, size)
-  y0, x0, h, w = crop_spec
-  return tf.image.crop_to_bounding_box(image, y0, x0, h, w)
+def prepare_example(example, image_size, crop_spec=None, min_depth=0.9,
+                    max_depth=1.1, max_pixels=preprocessing.DEFAULT_MAX_PIXELS):
+  """Encoded {'image'[, 'depth']} -> {'image' [S, S, 3] in [0, 1][, 'depth']}.
+
+  Images through `preprocessing.decode_rgb` and `center_crop_resize`, as
+  serving and the demo; depth `[S, S]` in scene units through the same
+  crop and an antialiased bilinear resize (the reference's PIL bilinear).
+  """
+  image = preprocessing.decode_rgb(example["image"], max_pixels)
+  out = {"image": preprocessing.center_crop_resize(image, image_size,
+                                                   crop_spec)}
+  if "depth" in example:
+    depth = decode_depth(example["depth"], min_depth, max_depth)[..., None]
+    out["depth"] = preprocessing.center_crop_resize(
+        depth, image_size, crop_spec, method="bilinear")[..., 0]
+  return out
 
 
-def _resize(image, size, method="area"):
-  return tf.image.resize(image, [size, size], method=method, antialias=True)
+def epoch_order(num_examples, seed, epoch):
+  """Permutation of range(num_examples) (int64 `[N]`) set by (seed, epoch).
+
+  Stateless: the same in every process and on every device, different
+  for each epoch.
+  """
+  return tf.random.experimental.stateless_shuffle(
+      tf.range(num_examples, dtype=tf.int64), seed=[seed, epoch],
+      alg=_RNG_ALG).numpy()
 
 
-@gin.configurable(denylist=["split", "training", "batch_size", "input_context"])
+def _flip(position, key):
+  """Whether the example at `position` of the epoch's order is flipped."""
+  seed = tf.random.experimental.stateless_fold_in(key, position, alg=_RNG_ALG)
+  return tf.random.stateless_uniform([], seed, alg=_RNG_ALG) < 0.5
+
+
+def _window_shuffle(dataset, window, key):
+  """Shuffles records within consecutive windows, statelessly by `key`.
+
+  tf.data's buffer shuffle draws from the process's global seed as well;
+  this depends on `key` alone, so two processes agree on the order.
+  """
+  def shuffle(index, records):
+    seed = tf.random.experimental.stateless_fold_in(key, index, alg=_RNG_ALG)
+    return tf.random.experimental.stateless_shuffle(records, seed,
+                                                    alg=_RNG_ALG)
+  return dataset.batch(window).enumerate().map(shuffle).unbatch()
+
+
+def steps_per_epoch(info, batch_size):
+  """Whole global batches in one epoch of the split `info` describes.
+
+  Args:
+    info: `make_dataset`'s info (its 'num_examples').
+    batch_size: global batch size, > 0.
+
+  Raises:
+    DataError: when there is not one whole batch.
+  """
+  steps = info["num_examples"] // batch_size
+  if steps < 1:
+    raise DataError(
+        f"The train split has {info['num_examples']} usable examples, fewer "
+        f"than one batch ({batch_size}); lower train.batch_size.")
+  return steps
+
+
+class EpochDatasets:
+  """An iterable whose every iteration is one epoch's pipeline.
+
+  `build(epoch)` makes the pipeline of that epoch; `current_epoch()` says
+  which epoch an iteration starting now belongs to (the training loop's
+  checkpointed counter), so a resumed run gets the epoch it stopped in.
+  """
+
+  def __init__(self, build, current_epoch):
+    self._build = build
+    self._current_epoch = current_epoch
+
+  def __iter__(self):
+    return iter(self._build(int(self._current_epoch())))
+
+
+def _crop_error(crop_spec, split, data_dir, sizes):
+  """The error for a crop box that fits none of a split's images."""
+  shown = sorted(set(sizes))[:3]
+  listed = ", ".join(f"{h} x {w}" for h, w in shown)
+  more = " and others" if len(set(sizes)) > len(shown) else ""
+  return DataError(
+      f"crop_spec {crop_spec} (y0, x0, h, w) does not fit any image of split "
+      f"{split!r} in {data_dir}: the images are {listed}{more} pixels "
+      "(height x width). Set gin make_dataset.crop_spec to a box inside "
+      "them, an int for a centre crop, or None.")
+
+
+def _check_split(split, data_dir, layout, crop_spec, max_pixels, cache_path,
+                 log):
+  """Lists and checks a folder or paired split.
+
+  Returns (slices {'image': paths[, 'depth': paths]}, info).
+  """
+  if layout == "paired":
+    pairs = list_paired(data_dir, split)
+    check = check_files([p for pair in pairs for p in pair], cache_path,
+                        max_pixels, log)
+  else:
+    pairs = [(p,) for p in list_folder(data_dir, split)]
+    check = check_files([p for p, in pairs], cache_path, max_pixels, log)
+  reasons = dict(check.reasons)
+  misfits = [p for p in check.good
+             if not preprocessing.crop_fits(crop_spec, *check.sizes[p])]
+  for path in misfits:
+    height, width = check.sizes[path]
+    reasons[path] = (f"crop_spec {crop_spec} (y0, x0, h, w) does not fit in "
+                     f"its {height} x {width} pixels")
+    if log:
+      logging.warning("Skipping %s: %s.", path, reasons[path])
+  usable = [pair for pair in pairs if not any(p in reasons for p in pair)]
+  if not usable:
+    if misfits:
+      raise _crop_error(crop_spec, split, data_dir,
+                        [check.sizes[p] for p in misfits])
+    raise DataError(f"Every file of split {split!r} in {data_dir} was "
+                    "skipped (see the warnings for each file's reason).")
+  slices = {"image": [pair[0] for pair in usable]}
+  if layout == "paired":
+    slices["depth"] = [pair[1] for pair in usable]
+  skipped = [p for pair in pairs for p in pair if p in reasons]
+  info = {"num_files": len(pairs), "num_examples": len(usable),
+          "num_skipped": len(pairs) - len(usable), "skipped": skipped,
+          "reasons": {p: reasons[p] for p in skipped}}
+  return slices, info
+
+
+def manifest_path(data_dir, split):
+  """The JSON manifest `tfrecords.convert_split` writes next to the shards."""
+  return os.path.join(data_dir, f"{split}-manifest.json")
+
+
+def _tfrecord_shards(data_dir, split, log=True):
+  """(shard paths, record count) of a split, from its manifest if any.
+
+  Without a usable manifest the records are counted (one read of every
+  shard), with a warning saying so when `log`.
+  """
+  found = sorted(glob.glob(os.path.join(data_dir, f"{split}-*.tfrecord")))
+  path = manifest_path(data_dir, split)
+  warn = logging.warning if log else lambda *args: None
+  if os.path.isfile(path):
+    with open(path) as f:
+      manifest = json.load(f)
+    shards = [os.path.join(data_dir, name) for name in manifest["shards"]]
+    if shards and all(os.path.isfile(s) for s in shards):
+      extra = sorted(set(found) - set(shards))
+      if extra:
+        warn("%s lists %d shards; ignoring %d other %s-*.tfrecord files in "
+             "%s (%s).", path, len(shards), len(extra), split, data_dir,
+             ", ".join(extra[:3]))
+      return shards, int(sum(manifest["shards"].values()))
+    warn("%s names shards that are missing; using the %d shards found "
+         "instead.", path, len(found))
+  if not found:
+    raise DataError(f"No TFRecord shards {split}-*.tfrecord in {data_dir}; "
+                    "write them with `python -m tf_unsup3d.data.tfrecords`.")
+  warn("No usable manifest %s: counting the records of %d shards (re-convert "
+       "with tf_unsup3d.data.tfrecords to write one).", path, len(found))
+  count = int(tf.data.TFRecordDataset(found).reduce(
+      tf.constant(0, tf.int64), lambda n, _: n + 1))
+  return found, count
+
+
+@gin.configurable(denylist=["split", "training", "batch_size", "input_context",
+                            "epoch", "log_skipped"])
 def make_dataset(split, training, batch_size, data_dir=gin.REQUIRED,
                  layout="folder", image_size=64, crop_spec=None,
                  min_depth=0.9, max_depth=1.1, shuffle_buffer=2048,
                  random_flip=True, deterministic=None,
-                 check_cache_dir=None, input_context=None, seed=0):
+                 check_cache_dir=None, input_context=None, seed=0, epoch=0,
+                 max_pixels=preprocessing.DEFAULT_MAX_PIXELS,
+                 log_skipped=True):
   """Batches of {'image' [B, S, S, 3] in [0, 1], 'depth' [B, S, S] (paired)}.
 
   Args:
     split: 'train', 'val' or 'test'.
-    training: shuffling, random horizontal flips, whole batches only.
+    training: the epoch's own order and random horizontal flips, whole
+      batches only. Otherwise files in sorted order, no flips.
     batch_size: per-replica batch size.
     data_dir: dataset root.
     layout: 'folder' (<split>/**/*.jpg|png|...), 'paired' (synthetic-face
       layout with depth) or 'tfrecord' (<split>-*.tfrecord shards written by
-      `tf_unsup3d.data.tfrecords`).
+      `tf_unsup3d.data.tfrecords`, with their <split>-manifest.json).
     image_size: output side S (antialiased resize).
     crop_spec: None, centre crop size (int) or (y0, x0, h, w), applied to
-      the original image before resizing.
+      the original image before the centre square crop and the resize
+      (`preprocessing.center_crop_resize`).
     min_depth, max_depth: depth PNG mapping.
-    shuffle_buffer: examples in the shuffle buffer.
+    shuffle_buffer: TFRecord layout: records are shuffled within windows of
+      this many (the folder layouts permute the whole file list).
     random_flip: flip training images horizontally with probability 1/2.
-    deterministic: keep the element order through parallel reads and
-      decodes. None: yes except in training, where finished elements may
-      overtake slow ones (faster; the order is random anyway).
+    deterministic: None or True keep the element order through parallel
+      reads and decodes (a resumed epoch relies on it). False lets finished
+      elements overtake slow ones: faster, but a run resumed mid-epoch then
+      skips other batches than the ones it trained on.
     check_cache_dir: where `check_files` keeps its results (e.g. model_dir).
     input_context: `tf.distribute.InputContext` for per-worker sharding.
-    seed: shuffle / flip seed.
+    seed: order / flip seed.
+    epoch: training epoch (>= 0): the order and the flips are a function of
+      (seed, epoch) only (`epoch_order`).
+    max_pixels: images over this many pixels (from the file header) are
+      skipped without being decoded (the serving limit by default).
+    log_skipped: warn about each skipped file (once per call).
 
   Returns:
-    (dataset, info) where info = {'num_files', 'num_skipped', 'skipped'}.
+    (dataset, info) where info = {'num_files' (examples listed),
+    'num_examples' (usable ones), 'num_skipped', 'skipped' (paths),
+    'reasons' ({path: why})}.
   """
-  ordered = (not training) if deterministic is None else bool(deterministic)
+  ordered = True if deterministic is None else bool(deterministic)
   if layout not in LAYOUTS:
     raise DataError(f"layout must be one of {LAYOUTS}, got {layout!r}.")
-  has_depth = layout == "paired"
+  try:
+    crop_spec = preprocessing.validate_crop_spec(crop_spec)
+  except ValueError as e:
+    raise DataError(f"gin make_dataset.{e}") from None
+  key = tf.constant([seed, epoch], tf.int64)
   if layout == "tfrecord":
-    files = sorted(glob.glob(os.path.join(data_dir, f"{split}-*.tfrecord")))
-    if not files:
-      raise DataError(f"No TFRecord shards {split}-*.tfrecord in {data_dir}; "
-                      "write them with `python -m tf_unsup3d.data.tfrecords`.")
-    info = {"num_files": len(files), "num_skipped": 0, "skipped": []}
-    dataset = tf.data.Dataset.from_tensor_slices(files)
+    files, count = _tfrecord_shards(data_dir, split, log_skipped)
+    first = _first_record(files)
+    height, width = (int(v) for v in preprocessing.header_size(first["image"]))
+    if not preprocessing.crop_fits(crop_spec, height, width):
+      raise _crop_error(crop_spec, split, data_dir, [(height, width)])
+    info = {"num_files": count, "num_examples": count, "num_skipped": 0,
+            "skipped": [], "reasons": {}}
+    if training:
+      files = [files[i] for i in epoch_order(len(files), seed, epoch)]
+    # Up to 64 shards at once, one record of each in turn, in a fixed order.
+    dataset = tf.data.Dataset.from_tensor_slices(files).interleave(
+        tf.data.TFRecordDataset, cycle_length=min(len(files), 64),
+        block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if training and shuffle_buffer > 1:
+      dataset = _window_shuffle(
+          dataset, shuffle_buffer,
+          tf.random.experimental.stateless_fold_in(key, 1, alg=_RNG_ALG))
+    has_depth = "depth" in first
+    dataset = dataset.enumerate()
     if input_context:
+      # By record, not by shard: every worker then gets the same number of
+      # batches, which the collective steps of a multi-worker run need.
       dataset = dataset.shard(input_context.num_input_pipelines,
                               input_context.input_pipeline_id)
-    dataset = dataset.interleave(tf.data.TFRecordDataset,
-                                 num_parallel_calls=tf.data.AUTOTUNE,
-                                 deterministic=ordered)
-    has_depth = _tfrecord_has_depth(files[0])
-    dataset = dataset.map(_parse_record, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(lambda i, r: (i, _parse_record(r, has_depth)),
+                          num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=ordered)
   else:
-    if has_depth:
-      pairs = list_paired(data_dir, split)
-      cache = (os.path.join(check_cache_dir, f"file_check_{split}.json")
-               if check_cache_dir else None)
-      good, bad = check_files([p for pair in pairs for p in pair], cache)
-      good = set(good)
-      pairs = [(i, d) for i, d in pairs if i in good and d in good]
-      images = [i for i, _ in pairs]
-      depths = [d for _, d in pairs]
-    else:
-      cache = (os.path.join(check_cache_dir, f"file_check_{split}.json")
-               if check_cache_dir else None)
-      images, bad = check_files(list_folder(data_dir, split), cache)
-      depths = None
-    if not images:
-      raise DataError(f"Every file of split {split!r} in {data_dir} failed to "
-                      "decode.")
-    info = {"num_files": len(images) + len(bad), "num_skipped": len(bad),
-            "skipped": bad}
-    slices = {"image": images}
-    if has_depth:
-      slices["depth"] = depths
-    dataset = tf.data.Dataset.from_tensor_slices(slices)
+    cache = (os.path.join(check_cache_dir, f"file_check_{split}.json")
+             if check_cache_dir else None)
+    slices, info = _check_split(split, data_dir, layout, crop_spec,
+                                max_pixels, cache, log_skipped)
+    if training:
+      order = epoch_order(info["num_examples"], seed, epoch)
+      slices = {k: [v[i] for i in order] for k, v in slices.items()}
+    dataset = tf.data.Dataset.from_tensor_slices(slices).enumerate()
     if input_context:
       dataset = dataset.shard(input_context.num_input_pipelines,
                               input_context.input_pipeline_id)
     dataset = dataset.map(
-        lambda e: {k: tf.io.read_file(v) for k, v in e.items()},
-        num_parallel_calls=tf.data.AUTOTUNE)
+        lambda i, e: (i, {k: tf.io.read_file(v) for k, v in e.items()}),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered)
 
-  def prepare(example):
-    image = tf.io.decode_image(example["image"], channels=3, dtype=tf.float32,
-                               expand_animations=False)
-    out = {"image": _resize(crop(image, crop_spec), image_size)}
-    if has_depth:
-      depth = decode_depth(example["depth"], min_depth, max_depth)[..., None]
-      out["depth"] = _resize(crop(depth, crop_spec), image_size,
-                             method="nearest")[..., 0]
+  flip_key = tf.random.experimental.stateless_fold_in(key, 0, alg=_RNG_ALG)
+
+  def prepare(position, example):
+    out = prepare_example(example, image_size, crop_spec, min_depth,
+                          max_depth, max_pixels)
     if training and random_flip:
-      flip = tf.random.uniform([], seed=seed) < 0.5
+      flip = _flip(position, flip_key)
       out = {k: tf.cond(flip, lambda v=v: tf.reverse(v, [1]), lambda v=v: v)
              for k, v in out.items()}
     return out
 
-  if training:
-    dataset = dataset.shuffle(shuffle_buffer, seed=seed,
-                              reshuffle_each_iteration=True)
   dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
                         deterministic=ordered)
-  # A record that still fails to decode is dropped rather than ending the run.
+  # A file that changed since the check, or a record that fails to decode,
+  # is dropped rather than ending the run.
   dataset = dataset.ignore_errors(log_warning=True)
   dataset = dataset.batch(batch_size, drop_remainder=training)
+  if training:
+    # Every pipeline yields exactly the epoch's steps (a multi-worker step
+    # waits for every worker).
+    replicas, pipelines = 1, 1
+    if input_context:
+      replicas = input_context.num_replicas_in_sync
+      pipelines = input_context.num_input_pipelines
+    steps = info["num_examples"] // (batch_size * replicas)
+    dataset = dataset.take(steps * (replicas // pipelines))
   return dataset.prefetch(tf.data.AUTOTUNE), info
 
 
-def _tfrecord_has_depth(path):
-  for record in tf.data.TFRecordDataset(path).take(1):
-    example = tf.train.Example.FromString(record.numpy())
-    return "depth" in example.features.feature
-  raise DataError(f"TFRecord shard {path} is empty.")
+def _first_record(files):
+  """The first record of the first non-empty shard, as {key: bytes}."""
+  for path in files:
+    for record in tf.data.TFRecordDataset(path).take(1):
+      example = tf.train.Example.FromString(record.numpy())
+      return {k: v.bytes_list.value[0]
+              for k, v in example.features.feature.items()}
+  raise DataError(f"TFRecord shards {files[0]} ... are empty.")
 
 
-def _parse_record(record):
-  features = {"image": tf.io.FixedLenFeature([], tf.string),
-              "depth": tf.io.FixedLenFeature([], tf.string, default_value="")}
-  example = tf.io.parse_single_example(record, features)
-  return example
+def _parse_record(record, has_depth):
+  features = {"image": tf.io.FixedLenFeature([], tf.string)}
+  if has_depth:
+    features["depth"] = tf.io.FixedLenFeature([], tf.string)
+  return tf.io.parse_single_example(record, features)
