@@ -81,12 +81,13 @@ def test_corrupt_and_truncated_files_are_skipped_and_counted(tmp_path):
       "good1.png": good, "good2.png": good,
       "corrupt.png": b"\x89PNG\r\n\x1a\n this is not a png",
       "truncated.jpg": jpeg[:len(jpeg) // 2],
+      "bad_header.jpg": b"\xff\xd8\xff\xe0 junk",
       "empty.png": b""})
   dataset, info = datasets.make_dataset("train", training=True, batch_size=1,
                                         data_dir=str(tmp_path), image_size=8)
-  assert info["num_skipped"] == 3 and info["num_files"] == 5
+  assert info["num_skipped"] == 4 and info["num_files"] == 6
   assert sorted(os.path.basename(p) for p in info["skipped"]) == [
-      "corrupt.png", "empty.png", "truncated.jpg"]
+      "bad_header.jpg", "corrupt.png", "empty.png", "truncated.jpg"]
   assert sum(1 for _ in dataset) == 2
 
 

@@ -110,7 +110,10 @@ def _inspect(path, max_pixels):
     return {"error": f"cannot be read ({e.strerror})"}
   if int(preprocessing.format_index(data)) < 0:
     return {"error": "not a JPEG, PNG, GIF or BMP file"}
-  height, width = (int(v) for v in preprocessing.header_size(data))
+  try:
+    height, width = (int(v) for v in preprocessing.header_size(data))
+  except tf.errors.OpError:  # a JPEG whose header does not parse
+    return {"error": "cannot be decoded as an image (corrupt header)"}
   if height * width > max_pixels:
     return {"height": height, "width": width, "decoded": False}
   try:
