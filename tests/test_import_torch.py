@@ -45,7 +45,10 @@ by about 100 through the normalisation; on identical depth they agree to
 
 """
 
+import collections
 import copy
+import io
+import json
 import os
 import pickle
 import subprocess
@@ -927,6 +930,303 @@ def test_corrupt_files_raise_checkpoint_errors(tmp_path, reference):
       dst.writestr(item, bad if item.endswith("data.pkl") else src.read(item))
   with pytest.raises(import_torch.CheckpointError, match="overruns"):
     import_torch.load_reference_checkpoint(str(path))
+
+
+# --- Files claiming more memory than they hold ---------------------------------
+#
+# A few hundred bytes can claim a tensor of billions of elements. The files
+# are made here with pickle and zipfile, not torch.save, so that every claim
+# (storage element counts, sizes, strides, zip member sizes) is under the
+# test's control; each is loaded in a child process with tracemalloc on and
+# an address-space cap, so that a regression fails fast instead of taking the
+# machine's memory.
+
+READER = os.path.join(ROOT, "tf_unsup3d", "tools", "torch_reader.py")
+
+
+class FakeStorage:
+  """A storage as a persistent id: ('storage', torch.<dtype>, key, 'cpu', n)."""
+
+  def __init__(self, key, numel, dtype="FloatStorage"):
+    self.key, self.numel, self.dtype = key, numel, dtype
+
+
+class FakeTensor:
+  """Pickles as torch's _rebuild_tensor_v2 of a FakeStorage, any layout."""
+
+  def __init__(self, storage, size, stride, offset=0):
+    self.args = (storage, offset, tuple(size), tuple(stride), False,
+                 collections.OrderedDict())
+
+  def __reduce__(self):
+    return torch._utils._rebuild_tensor_v2, self.args
+
+
+class OldTensor:
+  """Pickles as PyTorch < 0.3 did: torch.FloatTensor(), then BUILD with
+  (storage, offset, size, stride) (torchvision's 2017 model files)."""
+
+  def __init__(self, storage, size, stride, offset=0):
+    self.state = (storage, offset, tuple(size), tuple(stride))
+
+  def __reduce__(self):
+    return torch.FloatTensor, (), self.state
+
+
+class _StoragePickler(pickle.Pickler):
+
+  def persistent_id(self, obj):
+    if isinstance(obj, FakeStorage):
+      return ("storage", getattr(torch, obj.dtype), obj.key, "cpu", obj.numel)
+    return None
+
+
+def storage_pickle(obj):
+  buffer = io.BytesIO()
+  _StoragePickler(buffer, protocol=2).dump(obj)
+  return buffer.getvalue()
+
+
+def write_zip(path, obj, records):
+  """torch.save's zip layout; `records` maps storage key -> bytes, or to
+  an int n for n zero bytes (deflated, written in chunks)."""
+  with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+    archive.writestr("archive/data.pkl", storage_pickle(obj))
+    archive.writestr("archive/byteorder", "little")
+    for key, data in records.items():
+      if isinstance(data, int):
+        with archive.open(f"archive/data/{key}", "w", force_zip64=True) as f:
+          for start in range(0, data, 1 << 20):
+            f.write(bytes(min(1 << 20, data - start)))
+      else:
+        archive.writestr(f"archive/data/{key}", data)
+  return str(path)
+
+
+def write_legacy(path, obj, records):
+  """torch.save's legacy stream; `records` maps key -> (numel, bytes)."""
+  with open(path, "wb") as f:
+    for header in (0x1950a86a20f9469cfc6c, 1001,
+                   {"protocol_version": 1001, "little_endian": True}):
+      pickle.dump(header, f, protocol=2)
+    f.write(storage_pickle(obj))
+    pickle.dump(list(records), f, protocol=2)
+    for numel, data in records.values():
+      f.write(np.int64(numel).tobytes() + data)
+  return str(path)
+
+
+_MEASURE = r"""
+import importlib.util, json, resource, sys, tracemalloc
+cap = 1 << 30  # address space: numpy needs ~0.1 GiB, the claims are 6+ GiB
+resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+spec = importlib.util.spec_from_file_location("torch_reader", sys.argv[1])
+reader = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(reader)
+def shapes(obj, prefix=""):
+  if isinstance(obj, dict):
+    return {k: v for key, value in obj.items()
+            for k, v in shapes(value, prefix + key + ".").items()}
+  return {prefix[:-1]: list(obj.shape)}
+results = []
+for path, kwargs in json.loads(sys.argv[2]):
+  tracemalloc.start()
+  try:
+    outcome = {"shapes": shapes(reader.load_torch_file(path, **kwargs))}
+  except Exception as e:  # reported to the test
+    outcome = {"error": type(e).__name__, "message": str(e)}
+  outcome["peak"] = tracemalloc.get_traced_memory()[1]
+  tracemalloc.stop()
+  results.append(outcome)
+print(json.dumps(results))
+"""
+
+
+def load_measured(*loads, reader=READER):
+  """Loads (path, kwargs) pairs in a child process: outcomes, peak bytes."""
+  result = subprocess.run(
+      [sys.executable, "-c", _MEASURE, reader,
+       json.dumps([[str(p), kw] for p, kw in loads])],
+      capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(result.stdout)
+
+
+MiB = 1 << 20
+HUGE = 40000  # 40000 x 40000 float32 = 6.4 GB
+
+
+def expanded_checkpoint(path, legacy, n=HUGE):
+  """torch.save of a one-element tensor expanded to n x n (strides 0)."""
+  tensor = torch.ones(1).expand(n, n)
+  assert tensor.stride() == (0, 0)
+  torch.save({"netD": {"w": tensor}}, path,
+             _use_new_zipfile_serialization=not legacy)
+  return str(path)
+
+
+def test_tiny_files_claiming_huge_tensors_are_refused_cheaply(tmp_path):
+  """Default limits (2**28 elements): refused, naming the tensor and limit,
+  with peak memory a tiny fraction of the 6 GB claimed."""
+  zip_path = expanded_checkpoint(tmp_path / "expand_zip.pth", legacy=False)
+  legacy_path = expanded_checkpoint(tmp_path / "expand_legacy.pth",
+                                    legacy=True)
+  # A legacy stream claiming a 1.5e9-element storage it does not hold.
+  claims = write_legacy(
+      tmp_path / "claims.pth",
+      {"w": FakeTensor(FakeStorage("0", 1_500_000_000), [1_500_000_000], [1])},
+      {"0": (1_500_000_000, b"")})
+  assert os.path.getsize(claims) < 400
+  assert os.path.getsize(zip_path) < 4096
+  results = load_measured((zip_path, {}), (legacy_path, {}), (claims, {}),
+                          (claims, {"max_tensor_elements": 2**31}))
+  for path, result in zip((zip_path, legacy_path, claims, claims), results):
+    assert result["peak"] < 4 * MiB, result
+    assert "error" in result, result
+    assert path in result["message"]
+  for result in results[:2]:
+    assert result["error"] == "CheckpointLimitError"
+    assert ("(size (40000, 40000), stride (0, 0)" in result["message"]
+            and "claims 1600000000 elements, over the limit of 268435456"
+            in result["message"]), result
+    assert "max_tensor_elements" in result["message"]
+  assert results[2]["error"] == "CheckpointLimitError"
+  assert "Storage 0 claims 1500000000 elements" in results[2]["message"]
+  # Above the element limit, the claim still meets the file's real size.
+  assert results[3]["error"] == "CheckpointError"
+  assert "more than the whole file's" in results[3]["message"]
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_broadcast_tensors_stay_views(tmp_path, legacy):
+  """Under the limits, an expanded tensor is a read-only view of its one
+  element: 10000 x 10000 (400 MB as a copy) costs no memory."""
+  path = expanded_checkpoint(tmp_path / "expand.pth", legacy, n=10000)
+  [result] = load_measured((path, {}))
+  assert result["shapes"] == {"netD.w": [10000, 10000]}, result
+  assert result["peak"] < 4 * MiB, result
+  state = import_torch.load_reference_checkpoint(path)
+  w = state["netD"]["w"]
+  assert w.shape == (10000, 10000) and w.strides == (0, 0)
+  assert not w.flags.writeable
+  assert w[0, 0] == w[-1, -1] == 1.0
+
+
+def test_deflated_records_are_read_only_as_far_as_allowed(tmp_path):
+  """A 64 MiB zero record compresses to ~64 kB: the claim is checked
+  against max_total_bytes before inflating, and a record larger than its
+  tensors need is inflated only as far as they need."""
+  big = 16 * MiB  # float32 elements: 64 MiB
+  bomb = write_zip(tmp_path / "bomb.pth",
+                   {"w": FakeTensor(FakeStorage("0", big), [big], [1])},
+                   {"0": 4 * big})
+  assert os.path.getsize(bomb) < MiB
+  # The same record, claimed by a 16-element storage.
+  small = write_zip(tmp_path / "small.pth",
+                    {"w": FakeTensor(FakeStorage("0", 16), [4, 4], [4, 1])},
+                    {"0": 4 * big})
+  # A record whose header promises 64 bytes but holds only 8.
+  short = write_zip(tmp_path / "short.pth",
+                    {"w": FakeTensor(FakeStorage("0", 16), [16], [1])},
+                    {"0": bytes(8)})
+  results = load_measured((bomb, {"max_total_bytes": 8 * MiB}),
+                          (bomb, {}), (small, {}), (short, {}))
+  refused, allowed, partial, truncated = results
+  assert refused["error"] == "CheckpointLimitError", refused
+  assert ("Record archive/data/0 needs 67108864 bytes" in refused["message"]
+          and "limit of 8388608 bytes" in refused["message"]
+          and "max_total_bytes" in refused["message"]), refused
+  assert refused["peak"] < MiB, refused
+  # Within the (default) limits the record loads, once, in place.
+  assert allowed["shapes"] == {"w": [big]}, allowed
+  assert allowed["peak"] < 4 * big + 4 * MiB, allowed
+  assert partial["shapes"] == {"w": [4, 4]}, partial
+  assert partial["peak"] < MiB, partial
+  assert truncated["error"] == "CheckpointError"
+  assert "holds 8 bytes, fewer than the 64" in truncated["message"]
+
+
+def test_tensor_copies_count_against_the_byte_limit(tmp_path):
+  """Many slices of one storage copy it many times: the total is capped."""
+  n = MiB  # float32 elements: 4 MiB per slice
+  storage = FakeStorage("0", n + 1)
+  slices = {f"w{i}": FakeTensor(storage, [n], [1], offset=1)
+            for i in range(64)}  # 256 MiB of copies from a 4 MiB record
+  path = write_zip(tmp_path / "slices.pth", slices, {"0": bytes(4 * (n + 1))})
+  [result] = load_measured((path, {"max_total_bytes": 64 * MiB}))
+  assert result["error"] == "CheckpointLimitError", result
+  assert "over the limit of 67108864 bytes" in result["message"]
+  assert result["peak"] < 80 * MiB, result
+
+
+def test_ordinary_layouts_load_exactly(tmp_path):
+  """Slices, transposes, offsets and shared storages as torch gives them."""
+  base = torch.arange(60, dtype=torch.float32).reshape(3, 4, 5)
+  tensors = {"whole": base, "t": base.transpose(0, 2),
+             "slice": base[1, :, 2:4], "offset": base.flatten()[7:19],
+             "int": torch.arange(5),
+             "empty": torch.zeros(0, 3), "scalar": torch.tensor(2.5)}
+  for legacy in (False, True):
+    path = tmp_path / f"layouts_{legacy}.pth"
+    torch.save(tensors, path, _use_new_zipfile_serialization=not legacy)
+    state = import_torch.torch_reader.load_torch_file(str(path))
+    for name, tensor in tensors.items():
+      np.testing.assert_array_equal(state[name], tensor.numpy(), err_msg=name)
+      assert state[name].shape == tuple(tensor.shape)
+
+
+def test_pre_0_3_tensors_load_and_stay_checked(tmp_path):
+  """torch.FloatTensor() + BUILD tensors load, with the same layout checks;
+  the class may not be called with a size (it would allocate)."""
+  values = np.arange(12, dtype=np.float32)
+  storage = FakeStorage("0", 12)
+  state = collections.OrderedDict(
+      w=OldTensor(storage, [3, 4], [4, 1]),
+      t=OldTensor(storage, [2, 3], [1, 4], offset=1))
+  path = write_legacy(tmp_path / "old.pth", {"features": state},
+                      {"0": (12, values.tobytes())})
+  loaded = import_torch.load_reference_checkpoint(path)["features"]
+  np.testing.assert_array_equal(loaded["w"], values.reshape(3, 4))
+  np.testing.assert_array_equal(loaded["t"],
+                                values.reshape(3, 4).T[1:3, :3])
+  over = write_legacy(tmp_path / "over.pth",
+                      {"w": OldTensor(storage, [4, 4], [4, 1])},
+                      {"0": (12, values.tobytes())})
+  with pytest.raises(import_torch.CheckpointError, match="overruns"):
+    import_torch.load_reference_checkpoint(over)
+  sized = global_call("torch", "FloatTensor", "x")  # torch.FloatTensor('x')
+  with pytest.raises(import_torch.UnsafeCheckpointError,
+                     match="torch.FloatTensor with arguments"):
+    import_torch.load_reference_checkpoint(torch_zip(tmp_path / "s.pth",
+                                                     sized))
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_truncated_files_name_the_file_and_echo_no_bytes(tmp_path, legacy):
+  """Cut anywhere: a CheckpointError naming the file, saying it is truncated
+  or corrupt, in printable ASCII without escaped bytes. (A cut zip used to
+  be parsed as a legacy stream; for c.pth, whose first record name
+  'c/data.pkl' has 10 characters, a newline in the header's length field,
+  the message then echoed the header's raw bytes.)"""
+  good = tmp_path / "c.pth"
+  torch.manual_seed(0)
+  state = {"netD": collections.OrderedDict(w=torch.randn(4, 3),
+                                           b=torch.arange(5)), "epoch": 3}
+  torch.save(state, good, _use_new_zipfile_serialization=not legacy)
+  data = good.read_bytes()
+  cut = tmp_path / "cut.pth"
+  # Every cut in the headers, then ~100 spread over the file.
+  for n in sorted(set(range(64)) | {len(data) - 1} |
+                  set(range(0, len(data), max(1, len(data) // 97)))):
+    cut.write_bytes(data[:n])
+    with pytest.raises(import_torch.CheckpointError) as error:
+      import_torch.load_reference_checkpoint(str(cut))
+    message = str(error.value)
+    assert message.startswith(f"{cut}: "), (n, message)
+    assert "truncated or corrupt" in message, (n, message)
+    assert all(" " <= c <= "~" for c in message), (n, message)
+    assert "\\x" not in message, (n, message)
 
 
 # --- The command line --------------------------------------------------------
