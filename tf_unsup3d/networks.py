@@ -10,7 +10,9 @@ Inputs are channels-last images in [-1, 1]; the architecture needs 64x64.
 import os
 
 from tf_unsup3d.configurable import keras_configurable
+from tf_unsup3d.tools import torch_reader
 import keras
+import numpy as np
 import tensorflow as tf
 
 # PyTorch's default conv init, kaiming_uniform(a=sqrt(5)), is U(+-1/sqrt(fan_in)).
@@ -187,6 +189,7 @@ class ConfNet(keras.Model):
 
 
 KERAS_VGG16_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+TORCHVISION_VGG16_FILE = "vgg16-397923af.pth"
 _TORCH_MEAN = (0.485, 0.456, 0.406)
 _TORCH_STD = (0.229, 0.224, 0.225)
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
@@ -211,46 +214,179 @@ def keras_cache_vgg16_path():
   return os.path.join(home, "models", KERAS_VGG16_FILE)
 
 
+def torch_hub_vgg16_path():
+  """Where torchvision caches its ImageNet VGG16 weights.
+
+  torch.hub's rule: `$TORCH_HOME/hub/checkpoints`, TORCH_HOME defaulting to
+  `$XDG_CACHE_HOME/torch`, and that to `~/.cache/torch`.
+  """
+  cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+      os.path.expanduser("~"), ".cache")
+  home = os.environ.get("TORCH_HOME") or os.path.join(cache, "torch")
+  return os.path.join(home, "hub", "checkpoints", TORCHVISION_VGG16_FILE)
+
+
+# torchvision's vgg16().features indices of the convolutions before relu3_3
+# (ReLUs and max-pools in between), by the Keras VGG16 layer they fill, and
+# the torch weight shape [out, in, kh, kw] each must have.
+_TORCHVISION_CONVS = (
+    ("block1_conv1", 0, (64, 3)), ("block1_conv2", 2, (64, 64)),
+    ("block2_conv1", 5, (128, 64)), ("block2_conv2", 7, (128, 128)),
+    ("block3_conv1", 10, (256, 128)), ("block3_conv2", 12, (256, 256)),
+    ("block3_conv3", 14, (256, 256)))
+
+
+def torchvision_vgg16_weights(state_dict, source="the state dict"):
+  """Keras weights of torchvision's VGG16 convolutions up to relu3_3.
+
+  Args:
+    state_dict: torchvision `vgg16().state_dict()` as NumPy arrays:
+      `features.N.weight` [out, in, 3, 3] and `features.N.bias` [out] for
+      N in 0, 2, 5, 7, 10, 12, 14; other entries (deeper layers, the
+      classifier) are ignored.
+    source: what to call the state dict in errors (its file).
+
+  Returns:
+    Keras VGG16 layer name -> (kernel [3, 3, in, out], bias [out]), float32.
+
+  Raises:
+    ValueError: a tensor is missing or mis-shaped; names each one.
+  """
+  if not isinstance(state_dict, dict):
+    raise ValueError(f"{source} holds a {type(state_dict).__name__}, not "
+                     "torchvision's VGG16 state dict.")
+  weights, problems = {}, []
+  for layer, index, (cout, cin) in _TORCHVISION_CONVS:
+    tensors = []
+    for key, shape in ((f"features.{index}.weight", (cout, cin, 3, 3)),
+                       (f"features.{index}.bias", (cout,))):
+      value = state_dict.get(key)
+      if value is None:
+        problems.append(f"{key} is missing (expected {shape} for {layer})")
+      elif np.shape(value) != shape:
+        problems.append(f"{key} has shape {np.shape(value)}, expected "
+                        f"{shape} for {layer}")
+      else:
+        tensors.append(np.asarray(value, np.float32))
+    if len(tensors) == 2:
+      # [out, in, kh, kw] -> [kh, kw, in, out]; both frameworks' Conv2d is
+      # a cross-correlation, so no spatial flip.
+      weights[layer] = (tensors[0].transpose(2, 3, 1, 0), tensors[1])
+  if problems:
+    raise ValueError(f"{source} is not torchvision's VGG16: " +
+                     "; ".join(problems) + ".")
+  return weights
+
+
+def _vgg16_files_help():
+  return (
+      "Nothing is downloaded at run time. The perceptual loss needs one of "
+      f"two files: torchvision's {TORCHVISION_VGG16_FILE} (the paper's "
+      f"VGG16), in {os.path.dirname(torch_hub_vgg16_path())} (torch.hub's "
+      "cache; TORCH_HOME moves it), or Keras' "
+      f"{KERAS_VGG16_FILE} (a Caffe conversion), in "
+      f"{os.path.dirname(keras_cache_vgg16_path())} (the Keras cache; "
+      "KERAS_HOME moves it); or name a file with gin "
+      "`VGGFeatures.weights_path = '/path/to/file'`. To train without the "
+      "perceptual loss set gin `Unsup3D.lam_perc = 0.0`.")
+
+
+_WEIGHTS_NAMES = ("imagenet", "keras", "torchvision")
+_TORCH_SUFFIXES = (".pth", ".pt")
+
+
+def vgg16_weights_source(weights="imagenet", weights_path=None):
+  """The file `VGGFeatures` loads and the preprocessing that fits it.
+
+  Args:
+    weights, weights_path: as `VGGFeatures` takes them.
+
+  Returns:
+    (path or None for random weights, 'torchvision' or 'keras' file format,
+    auto preprocessing 'torch' or 'caffe').
+
+  Raises:
+    ValueError: an unknown `weights`, or a file that does not fit it.
+    FileNotFoundError: no weights file; names both files and where each goes.
+  """
+  if weights is None:
+    return None, None, "torch"
+  if not isinstance(weights, str):
+    raise ValueError("weights must be 'imagenet', 'keras', 'torchvision', a "
+                     f"file path or None, got {weights!r}.")
+  if weights not in _WEIGHTS_NAMES:
+    weights, weights_path = "file", weights
+  if weights_path:
+    candidates = [weights_path]
+  else:
+    keras_file, torch_file = keras_cache_vgg16_path(), torch_hub_vgg16_path()
+    candidates = {"imagenet": [keras_file, torch_file], "keras": [keras_file],
+                  "torchvision": [torch_file]}[weights]
+  path = next((c for c in candidates if os.path.isfile(c)), None)
+  if path is None:
+    raise FileNotFoundError(
+        f"VGG16 ImageNet weights (weights={weights!r}) not found at "
+        f"{' or '.join(candidates)}. {_vgg16_files_help()}")
+  file_format = ("torchvision" if path.endswith(_TORCH_SUFFIXES) else "keras")
+  if weights == "keras" and file_format != "keras":
+    raise ValueError(f"weights='keras' needs Keras' .h5 file, got {path}.")
+  if weights == "torchvision" and file_format != "torchvision":
+    raise ValueError(f"weights='torchvision' needs torchvision's .pth state "
+                     f"dict, got {path}.")
+  # Keras' own file is the Caffe conversion; any other .h5 named explicitly
+  # is taken to hold converted torchvision weights (the paper's inputs).
+  caffe = weights == "keras" or (weights == "imagenet" and not weights_path and
+                                 path == keras_cache_vgg16_path())
+  return path, file_format, "caffe" if caffe else "torch"
+
+
 @keras_configurable
 class VGGFeatures(keras.Model):
   """Frozen VGG16 up to relu3_3 for the perceptual loss.
 
   `call(images)` maps `[B, H, W, 3]` images in [-1, 1] to `[B, H/4, W/4, 256]`
-  features. Weights are never downloaded: `weights='imagenet'` reads
-  `weights_path`, or else Keras' cache file; `weights=None` is random
-  (tests). Keras' own ImageNet VGG16 was converted from Caffe and expects
-  Caffe inputs (BGR, 0..255, mean-subtracted); the paper's torchvision VGG16
-  expects RGB in [0, 1] normalised by the ImageNet mean and std (DESIGN). With
-  `preprocessing='auto'` the Keras cache file gets 'caffe', an explicit
-  `weights_path` (e.g. converted torchvision weights) and random weights get
-  'torch'.
+  features. Weights are never downloaded. The paper's VGG16 is torchvision's
+  ImageNet model (`vgg16-397923af.pth`: RGB in [0, 1] normalised by the
+  ImageNet mean and std, DESIGN section 1); Keras' ImageNet VGG16 was
+  converted from Caffe and expects Caffe inputs (BGR, 0..255,
+  mean-subtracted), with different feature scales.
+
+  `weights` (gin: `Unsup3D.vgg_weights`, which passes it on):
+    'imagenet' (default): `weights_path` if set, else Keras' cache file
+      (`keras_cache_vgg16_path`), else torchvision's torch.hub cache file
+      (`torch_hub_vgg16_path`). Keras' file comes first so that runs which
+      used it keep their features.
+    'torchvision': the paper's VGG16, `weights_path` or the torch.hub file.
+    'keras': Keras' Caffe-converted VGG16, `weights_path` or its cache file.
+    a file path: `.pth`/`.pt` is a torchvision state dict (read by the
+      restricted unpickler of `tf_unsup3d.tools.torch_reader`, which runs no
+      code from it), anything else Keras' `.h5` layout.
+    None: random weights (tests).
+  A missing file raises FileNotFoundError naming both files and where each
+  goes. `preprocessing='auto'` gives 'caffe' to Keras' file (found in its
+  cache or under 'keras') and 'torch' to everything else: torchvision
+  weights, random ones, and an explicit `.h5` (taken to be converted
+  torchvision weights).
   """
 
   def __init__(self, weights="imagenet", weights_path=None,
                preprocessing="auto", **kwargs):
     super().__init__(**kwargs)
-    if weights not in ("imagenet", None):
-      raise ValueError(f"weights must be 'imagenet' or None, got {weights!r}.")
     if preprocessing not in ("auto", "torch", "caffe"):
       raise ValueError("preprocessing must be 'auto', 'torch' or 'caffe', got "
                        f"{preprocessing!r}.")
+    path, file_format, auto = vgg16_weights_source(weights, weights_path)
     vgg = keras.applications.VGG16(include_top=False, weights=None,
                                    input_shape=(None, None, 3))
-    if weights == "imagenet":
-      path = weights_path or keras_cache_vgg16_path()
-      if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"VGG16 ImageNet weights not found at {path}. The perceptual loss "
-            f"needs Keras' file {KERAS_VGG16_FILE}: copy it to "
-            f"{keras_cache_vgg16_path()} (the Keras cache; KERAS_HOME moves "
-            "it) or set gin `VGGFeatures.weights_path = '/path/to/file.h5'`. "
-            "Nothing is downloaded at run time. To train without the "
-            "perceptual loss set gin `Unsup3D.lam_perc = 0.0`.")
+    if file_format == "keras":
       vgg.load_weights(path)
-    if preprocessing == "auto":
-      preprocessing = ("caffe" if weights == "imagenet" and not weights_path
-                       else "torch")
-    self.preprocessing = preprocessing
+    elif file_format == "torchvision":
+      state = torch_reader.load_torch_file(path)
+      for name, (kernel, bias) in torchvision_vgg16_weights(
+          state, source=path).items():
+        vgg.get_layer(name).set_weights([kernel, bias])
+    self.weights_file = path
+    self.preprocessing = auto if preprocessing == "auto" else preprocessing
     self.features = keras.Model(vgg.input,
                                 vgg.get_layer("block3_conv3").output)
     self.features.trainable = False
