@@ -97,8 +97,10 @@ class Unsup3D(keras.Model):
       nf, zdim: width and bottleneck of the depth and albedo nets (64, 256).
       light_view_nf: width of the light and view encoders (32).
       conf_zdim: bottleneck of the confidence net (128, width nf).
-      vgg_weights: 'imagenet' (from a local file, see `VGGFeatures`) or
-        None (random, for tests).
+      vgg_weights: VGG16 of the perceptual loss, from a local file (see
+        `VGGFeatures`): 'imagenet' (Keras' cached file, else torchvision's),
+        'torchvision' (the paper's network, `vgg16-397923af.pth`), 'keras',
+        a path, or None (random, for tests).
       triangle_chunk: triangles per step of the visibility pass.
     """
     super().__init__(name=name, **kwargs)
