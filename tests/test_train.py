@@ -1,8 +1,10 @@
 """The training system end to end on tiny data: configs, resume, replicas."""
 
 import json
+import logging
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -228,3 +230,209 @@ def test_learning_rate_and_depth_prior_follow_their_schedules(paired_data,
       train_lib.cosine_schedule(1e-3, 1e-4, 0.75))
   assert summary["lam_depth_sm"] == pytest.approx(
       train_lib.cosine_schedule(1.0, 0.2, 0.75))
+
+
+# --- Run safety: one run per model_dir, checkpoints that fit or are skipped.
+
+
+def test_model_dir_lock_names_the_holder_and_dies_with_it(tmp_path):
+  """A second lock attempt fails naming the folder and the holder's PID; a
+  killed holder leaves no stale lock."""
+  lock_file = tmp_path / train_lib.ModelDirLock.FILE
+  # A bare flock holder (no TensorFlow import: fast), like a running train.
+  holder = subprocess.Popen(
+      [sys.executable, "-c",
+       "import fcntl, os, sys, time\n"
+       "f = open(sys.argv[1], 'a+')\n"
+       "fcntl.flock(f, fcntl.LOCK_EX)\n"
+       "f.seek(0); f.truncate(); f.write(str(os.getpid())); f.flush()\n"
+       "print('locked', flush=True)\n"
+       "time.sleep(600)\n", str(lock_file)],
+      stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(train_lib.ModelDirInUseError) as error:
+      with train_lib.ModelDirLock(str(tmp_path)):
+        pass
+    assert str(tmp_path) in str(error.value)
+    assert f"PID {holder.pid}" in str(error.value)
+  finally:
+    holder.kill()
+    holder.wait()
+  with train_lib.ModelDirLock(str(tmp_path)):
+    assert lock_file.read_text().strip() == str(os.getpid())
+    # Within one process too: a second open file is a second holder.
+    with pytest.raises(train_lib.ModelDirInUseError,
+                       match=f"PID {os.getpid()}"):
+      with train_lib.ModelDirLock(str(tmp_path)):
+        pass
+  with train_lib.ModelDirLock(str(tmp_path)):  # Released on exit.
+    pass
+
+
+def test_a_second_run_on_a_locked_model_dir_stops_before_any_work(tmp_path):
+  with train_lib.ModelDirLock(str(tmp_path)):
+    with pytest.raises(train_lib.ModelDirInUseError, match=str(tmp_path)):
+      train_lib.train(str(tmp_path), tf.distribute.OneDeviceStrategy("/cpu:0"))
+  assert os.listdir(tmp_path) == [train_lib.ModelDirLock.FILE]
+
+
+def _configure(data_dir, extra=()):
+  gin.clear_config()
+  gin.parse_config_files_and_bindings(
+      [os.path.join(ROOT, "gin_configs", "synthetic.gin")],
+      bindings("synthetic", data_dir, ["train.image_summary_every_steps = 100"]
+               + list(extra)))
+
+
+@pytest.fixture(scope="module")
+def four_steps(paired_data, tmp_path_factory):
+  """A model_dir with ckpt-2, ckpt-4 and final.weights.h5 (synthetic.gin:
+  no confidence maps)."""
+  model_dir = str(tmp_path_factory.mktemp("four_steps"))
+  _configure(paired_data, ["train.max_steps = 4"])
+  try:
+    train_lib.train(model_dir, tf.distribute.OneDeviceStrategy("/cpu:0"))
+  finally:
+    gin.clear_config()
+  return model_dir
+
+
+def _copy_with_truncated_newest(model_dir, destination):
+  """A copy of `model_dir` whose ckpt-4 data file lost its second half."""
+  shutil.copytree(model_dir, destination)
+  data = os.path.join(destination, "checkpoints",
+                      "ckpt-4.data-00000-of-00001")
+  with open(data, "r+b") as f:
+    f.truncate(os.path.getsize(data) // 2)
+  return data
+
+
+@pytest.mark.slow
+def test_resume_skips_a_truncated_checkpoint_and_says_so_once(
+    four_steps, paired_data, tmp_path, capsys, caplog):
+  model_dir = str(tmp_path / "run")
+  data = _copy_with_truncated_newest(four_steps, model_dir)
+  caplog.set_level(logging.INFO)
+  _configure(paired_data, ["train.max_steps = 6"])
+  try:
+    summary = train_lib.train(model_dir,
+                              tf.distribute.OneDeviceStrategy("/cpu:0"))
+  finally:
+    gin.clear_config()
+  assert summary["steps"] == 6  # Steps 3..6 from ckpt-2, not from scratch.
+  out, err = capsys.readouterr()
+  logs = "\n".join(r.getMessage() for r in caplog.records)
+  assert data in logs and "truncated or corrupt" in logs
+  resumed = os.path.join(model_dir, "checkpoints", "ckpt-2")
+  epoch = tf.train.load_checkpoint(resumed).get_tensor(
+      "epoch/.ATTRIBUTES/VARIABLE_VALUE")
+  assert f"Resumed from {resumed} at step 2, epoch {epoch}." in out
+  assert (out + err + logs).count("Resumed from") == 1
+  # The run carried on: its new checkpoints are intact and loadable.
+  assert evaluate_lib.checkpoint_problem(
+      os.path.join(model_dir, "checkpoints", "ckpt-6")) is None
+
+
+def _weights(model):
+  return [v.numpy() for v in model.variables]
+
+
+@pytest.mark.slow
+def test_loading_falls_back_from_a_truncated_checkpoint(four_steps, paired_data,
+                                                        tmp_path):
+  model_dir = str(tmp_path / "run")
+  data = _copy_with_truncated_newest(four_steps, model_dir)
+  older = os.path.join(model_dir, "checkpoints", "ckpt-2")
+  _configure(paired_data)
+  try:
+    from_dir = evaluate_lib.load_model(model_dir)
+    from_older = evaluate_lib.load_model(older)
+    intact = evaluate_lib.load_model(
+        os.path.join(four_steps, "checkpoints", "ckpt-4"))
+    with pytest.raises(evaluate_lib.CheckpointError) as error:
+      evaluate_lib.load_model(os.path.join(model_dir, "checkpoints", "ckpt-4"))
+  finally:
+    gin.clear_config()
+  for a, b in zip(_weights(from_dir), _weights(from_older)):
+    np.testing.assert_array_equal(a, b)
+  # Not the step-4 weights: the fallback really is the older checkpoint.
+  assert any(not np.array_equal(a, b) for a, b in
+             zip(_weights(from_dir), _weights(intact)))
+  assert data in str(error.value)
+  assert f"--checkpoint={older}" in str(error.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("binding, culprit", [
+    ("Unsup3D.use_conf_map = True", "Unsup3D.use_conf_map"),
+    ("Unsup3D.nf = 8", "Unsup3D.nf"),
+    ("Unsup3D.light_view_nf = 8", "Unsup3D.light_view_nf")])
+def test_a_differently_configured_checkpoint_is_refused(
+    four_steps, paired_data, binding, culprit):
+  """Every model variable must come from the checkpoint: a model configured
+  otherwise is never loaded half random, from a checkpoint or weights file,
+  nor resumed."""
+  _configure(paired_data, [binding])
+  try:
+    for checkpoint in (four_steps,
+                       os.path.join(four_steps, "final.weights.h5")):
+      with pytest.raises(evaluate_lib.CheckpointError) as error:
+        evaluate_lib.load_model(checkpoint)
+      assert culprit in str(error.value), str(error.value)
+      assert checkpoint.split("/")[-1] in str(error.value)
+    with pytest.raises(evaluate_lib.CheckpointError, match=culprit):
+      train_lib.train(four_steps, tf.distribute.OneDeviceStrategy("/cpu:0"))
+  finally:
+    gin.clear_config()
+
+
+@pytest.mark.slow
+def test_the_training_config_loads_every_variable(four_steps, paired_data):
+  _configure(paired_data)
+  try:
+    from_checkpoint = evaluate_lib.load_model(four_steps)
+    from_weights = evaluate_lib.load_model(
+        os.path.join(four_steps, "final.weights.h5"))
+  finally:
+    gin.clear_config()
+  # final.weights.h5 and ckpt-4 were written at the same step by Keras and
+  # by tf.train.Checkpoint: the same values prove both loads complete.
+  for a, b in zip(_weights(from_checkpoint), _weights(from_weights)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_wrong_gin_value_type_is_named_before_the_data_scan(tmp_path):
+  missing_data = str(tmp_path / "no_data_here")
+  _configure(missing_data, ["Unsup3D.nf = 'eight'",
+                            "train.generate_synthetic_data = False"])
+  try:
+    with pytest.raises(TypeError) as error:
+      train_lib.train(str(tmp_path / "run"),
+                      tf.distribute.OneDeviceStrategy("/cpu:0"))
+  finally:
+    gin.clear_config()
+  message = str(error.value)
+  assert "Unsup3D.nf = 'eight'" in message and "integer" in message
+
+
+def test_a_gin_parameter_typo_fails_when_the_config_is_parsed():
+  gin.clear_config()
+  try:
+    with pytest.raises(ValueError, match="nff"):
+      gin.parse_config_files_and_bindings(
+          [os.path.join(ROOT, "gin_configs", "synthetic.gin")],
+          ["Unsup3D.nff = 8"])
+  finally:
+    gin.clear_config()
+
+
+@pytest.mark.slow
+def test_the_cli_reports_a_gin_typo_before_touching_the_data(tmp_path):
+  missing_data = str(tmp_path / "no_data_here")
+  result = run_cli(tmp_path / "run", missing_data,
+                   ["Unsup3D.nff = 8", "train.generate_synthetic_data = False"])
+  assert result.returncode != 0
+  assert "nff" in result.stderr
+  assert not os.path.exists(missing_data)
+  assert not (tmp_path / "run").exists()  # No cache, lock or log written.

@@ -4,11 +4,14 @@ r"""Trains Unsup3D with a custom loop under tf.distribute.
         [--gin_param='train.num_epochs = 5'] [--model_dir=runs/synthetic] \
         [--strategy=mirrored|multi_worker|one_device]
 
-Resumes from the latest checkpoint in --model_dir. Writes TensorBoard logs
+Resumes from the newest intact checkpoint in --model_dir, which it locks
+against a second run (model_dir/train.lock). Writes TensorBoard logs
 (model_dir/train, model_dir/val), checkpoints (model_dir/checkpoints) and
 the final weights (model_dir/final.weights.h5).
 """
 
+import fcntl
+import functools
 import os
 import shutil
 import time
@@ -74,6 +77,112 @@ def _worker_role(strategy):
   return is_chief, task_id
 
 
+def output_folder(model_dir, strategy):
+  """(is_chief, the folder this worker writes).
+
+  Under MultiWorkerMirroredStrategy every worker runs `train` and takes part
+  in each save (saving is collective), but only the chief writes model_dir;
+  the others save to a scratch folder, removed at the end, and write no
+  summaries.
+  """
+  is_chief, task_id = _worker_role(strategy)
+  return is_chief, (model_dir if is_chief else os.path.join(
+      model_dir, "workers", f"worker_{task_id}"))
+
+
+class ModelDirInUseError(RuntimeError):
+  """Another process is training into the same folder."""
+
+
+class ModelDirLock:
+  """Exclusive lock on a training output folder, for `with`.
+
+  `fcntl.flock` on `<folder>/train.lock`: the kernel releases it when the
+  holder exits, even when killed, so a crashed run leaves no stale lock.
+  The holder writes its PID into the file for the error message. The file
+  stays (removing it would race with the next run opening it).
+  """
+
+  FILE = "train.lock"
+
+  def __init__(self, folder):
+    self.folder = folder
+    self.path = os.path.join(folder, self.FILE)
+    self._file = None
+
+  def __enter__(self):
+    os.makedirs(self.folder, exist_ok=True)
+    # Append mode: opening must not erase the PID of a current holder.
+    lock_file = open(self.path, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
+    try:
+      fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      lock_file.seek(0)
+      holder = lock_file.read().strip() or "unknown"
+      lock_file.close()
+      raise ModelDirInUseError(
+          f"{self.folder} is in use by another training run (PID {holder}, "
+          f"lock {self.path}): two runs would mix their checkpoints. Wait "
+          "for it to end or stop it, or pass another --model_dir.") from None
+    lock_file.seek(0)
+    lock_file.truncate()
+    lock_file.write(f"{os.getpid()}\n")
+    lock_file.flush()
+    self._file = lock_file
+    return self
+
+  def __exit__(self, *exc_info):
+    fcntl.flock(self._file, fcntl.LOCK_UN)
+    self._file.close()
+    self._file = None
+
+
+def _holding_model_dir_lock(train_fn):
+  """`train_fn(model_dir, strategy, ...)` run under `ModelDirLock` on the
+  folder this worker writes, so that two runs never share one."""
+
+  @functools.wraps(train_fn)
+  def locked(model_dir, strategy, **kwargs):
+    with ModelDirLock(output_folder(model_dir, strategy)[1]):
+      return train_fn(model_dir, strategy, **kwargs)
+
+  return locked
+
+
+def resume(checkpoint, model, folder):
+  """Restores the newest intact checkpoint of `folder` into `checkpoint`.
+
+  Newer unreadable checkpoints (e.g. a truncated data file) are named in a
+  warning and skipped; they stay on disk until the checkpoint manager
+  rotates them out. Every variable of `model` must be restored
+  (`evaluate.restore_model`), and the optimizer and counters must match.
+
+  Returns:
+    The prefix resumed from, or None when `folder` has no checkpoint.
+
+  Raises:
+    evaluate.CheckpointError: no checkpoint is readable, or the newest
+      intact one does not fit the configured model.
+  """
+  latest, unreadable = evaluate_lib.newest_intact_checkpoint(folder)
+  for prefix, problem in unreadable:
+    logging.warning("Checkpoint %s is unreadable: %s.", prefix, problem)
+  if unreadable and latest is None:
+    raise evaluate_lib.CheckpointError(
+        f"No checkpoint in {folder} is readable (above). To train from "
+        f"scratch, move them aside: mv {folder} {folder}.unreadable")
+  if latest is None:
+    return None
+  evaluate_lib.restore_model(checkpoint, latest,
+                             model).assert_existing_objects_matched()
+  if unreadable:
+    logging.warning("Resuming from %s instead, the newest intact checkpoint.",
+                    latest)
+  print(f"Resumed from {latest} at step {int(checkpoint.step.numpy())}, "
+        f"epoch {int(checkpoint.epoch.numpy())}.")
+  return latest
+
+
 def cosine_schedule(start, end, fraction):
   """start at fraction 0, end at 1, half a cosine between (clipped)."""
   fraction = min(max(float(fraction), 0.0), 1.0)
@@ -96,6 +205,7 @@ def budget_fraction(step, seconds, total_steps, max_steps=None,
   return min(max(fractions), 1.0)
 
 
+@_holding_model_dir_lock
 @gin.configurable(denylist=["model_dir", "strategy"])
 def train(model_dir, strategy, batch_size=64, num_epochs=30,
           learning_rate=1e-4, weight_decay=5e-4, adam_epsilon=1e-8,
@@ -106,6 +216,10 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
           image_summary_every_steps=500, max_steps=None, max_seconds=None,
           generate_synthetic_data=False, seed=0):
   """Runs training; returns the final summary dict.
+
+  Holds `ModelDirLock` on model_dir while it runs: a second run into the
+  same folder stops with `ModelDirInUseError`. Resumes from the newest
+  intact checkpoint (`resume`).
 
   Args:
     model_dir: output directory (resumed from when it holds checkpoints).
@@ -141,14 +255,32 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
     raise ValueError("train.learning_rate_schedule must be 'constant' or "
                      f"'cosine', got {learning_rate_schedule!r}.")
   keras.utils.set_random_seed(seed)  # weights, shuffling and flips
-  # Under MultiWorkerMirroredStrategy every worker runs this function and
-  # takes part in each save (saving is collective), but only the chief
-  # writes model_dir; the others save to a scratch folder, removed at the
-  # end, and write no summaries.
-  is_chief, task_id = _worker_role(strategy)
-  output_dir = model_dir if is_chief else os.path.join(
-      model_dir, "workers", f"worker_{task_id}")
+  is_chief, output_dir = output_folder(model_dir, strategy)
   os.makedirs(output_dir, exist_ok=True)
+  # The model first: a config it rejects stops the run before the data
+  # scan, and so does a checkpoint that does not fit it.
+  with strategy.scope():
+    # Layers take the global dtype policy when they are created.
+    policy = keras.mixed_precision.global_policy()
+    if mixed_precision:
+      keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+      model = model_lib.Unsup3D()
+      model.build((None, model.image_size, model.image_size, 3))
+    finally:
+      keras.mixed_precision.set_global_policy(policy)
+    optimizer = keras.optimizers.Adam(learning_rate, beta_1=0.9, beta_2=0.999,
+                                      epsilon=adam_epsilon)
+    optimizer.build(model.trainable_variables)
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
+                                   step=step, epoch=epoch)
+  manager = tf.train.CheckpointManager(
+      checkpoint, os.path.join(output_dir, "checkpoints"), keep_checkpoints)
+  # Every worker resumes from the chief's checkpoints.
+  resume(checkpoint, model, os.path.join(model_dir, "checkpoints"))
+
   data_dir = gin.query_parameter("make_dataset.data_dir")
   if generate_synthetic_data and not all(
       os.path.isdir(os.path.join(data_dir, split))
@@ -180,34 +312,6 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
   val_data, val_info = datasets.make_dataset("val", training=False,
                                              batch_size=batch_size,
                                              check_cache_dir=model_dir)
-
-  with strategy.scope():
-    # Layers take the global dtype policy when they are created.
-    policy = keras.mixed_precision.global_policy()
-    if mixed_precision:
-      keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-      model = model_lib.Unsup3D()
-      model.build((None, model.image_size, model.image_size, 3))
-    finally:
-      keras.mixed_precision.set_global_policy(policy)
-    optimizer = keras.optimizers.Adam(learning_rate, beta_1=0.9, beta_2=0.999,
-                                      epsilon=adam_epsilon)
-    optimizer.build(model.trainable_variables)
-    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
-                                   step=step, epoch=epoch)
-  manager = tf.train.CheckpointManager(
-      checkpoint, os.path.join(output_dir, "checkpoints"), keep_checkpoints)
-  # Every worker resumes from the chief's checkpoints.
-  latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
-  if latest:
-    checkpoint.restore(latest).assert_existing_objects_matched()
-    logging.info("Resumed from %s at step %d, epoch %d.",
-                 latest, int(step.numpy()), int(epoch.numpy()))
-    print(f"Resumed from {latest} at step {int(step.numpy())}, "
-          f"epoch {int(epoch.numpy())}.")
 
   variables = model.trainable_variables
   num_replicas = strategy.num_replicas_in_sync
