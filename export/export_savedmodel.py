@@ -74,6 +74,19 @@ def _select_outputs(outputs):
   return {k: outputs[k] for k in OUTPUTS if k in outputs}
 
 
+def _check_not_empty(batch, name):
+  """`batch` once its first dimension is checked to be at least 1.
+
+  An empty batch would otherwise reach the convolutions, whose oneDNN
+  kernels fail with "input depth must be evenly divisible by filter depth".
+  """
+  check = tf.debugging.assert_greater(
+      tf.shape(batch)[0], 0, message=(
+          f"{name} is an empty batch: send at least one image per request"))
+  with tf.control_dependencies([check]):
+    return tf.identity(batch)
+
+
 class ServingModule(tf.Module):
   """The model's inference pass with the two serving signatures."""
 
@@ -108,11 +121,13 @@ class ServingModule(tf.Module):
   def _predict_images(self, images):
     """`[N, S, S, 3]` float in [0, 1] -> dict of `OUTPUTS`."""
     with tf.name_scope("predict_images"):
+      images = _check_not_empty(images, "images")
       return _select_outputs(self.model(images, training=False))
 
   def _predict_images_bytes(self, image_bytes):
     """`[N]` encoded image files -> dict of `OUTPUTS`."""
     with tf.name_scope("predict_images_bytes"):
+      image_bytes = _check_not_empty(image_bytes, "image_bytes")
       images = preprocessing.decode_images(
           image_bytes, self.model.image_size, self.max_pixels)
       return _select_outputs(self.model(images, training=False))

@@ -51,7 +51,7 @@ def main(argv):
   rng = np.random.default_rng(0)
   images = np.concatenate([export_tflite.validation_images(count=2),
                            rng.uniform(size=(2, 64, 64, 3))]).astype(np.float32)
-  worst = {q: dict.fromkeys(export_tflite.INFERENCE_OUTPUTS, 0.0)
+  worst = {q: dict.fromkeys(export_tflite.QUANTITIES, 0.0)
            for q in export_tflite.QUANTIZATIONS}
   seeds = [0] if args.checkpoint else list(range(args.seeds))
   for seed in seeds:
@@ -73,11 +73,11 @@ def main(argv):
       for quantization in export_tflite.QUANTIZATIONS:
         tflite = export_tflite.convert(
             export_tflite.inference_model(model), quantization)
-        diffs = export_tflite.max_abs_diffs(
+        errors = export_tflite.output_errors(
             export_tflite.tflite_predict(tflite, images, args.num_threads),
-            expected)
-        for key, diff in diffs.items():
-          worst[quantization][key] = max(worst[quantization][key], diff)
+            expected, model.max_depth - model.min_depth)
+        for key, error in errors.items():
+          worst[quantization][key] = max(worst[quantization][key], error)
         if seed == seeds[0]:
           from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
           runner = Interpreter(model_content=tflite,
@@ -86,9 +86,9 @@ def main(argv):
           ms = median_latency_ms(lambda: runner(images=images[:1]), args.runs)
           print(f"TFLite {quantization}: {len(tflite) / 1e6:.2f} MB, batch 1: "
                 f"{ms:.2f} ms (median)")
-  for quantization, diffs in worst.items():
-    print(f"max abs diff to SavedModel, {quantization}:")
-    print(export_tflite.format_diffs(diffs, quantization))
+  for quantization, errors in worst.items():
+    print(f"max error against the SavedModel, {quantization}:")
+    print(export_tflite.format_errors(errors, quantization))
 
 
 if __name__ == "__main__":
