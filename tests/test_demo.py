@@ -143,9 +143,34 @@ def test_no_temporary_files_are_left(results):
 
 
 def test_output_names_are_distinct_and_safe():
-  names = demo.output_names(["a/x y.png", "b/x y.jpg", "c/x_y.png", "ü.png"])
-  assert len(set(names)) == 4
-  assert all(re.fullmatch(r"[A-Za-z0-9_.-]+", n) for n in names)
+  names = demo.output_names(["a/x y.png", "b/x y.jpg", "c/x_y.png", "ü.png",
+                             "index.html.png", "...png", ".hidden.jpg",
+                             "Photo.png", "photo.jpg"])
+  assert len({n.lower() for n in names}) == len(names)
+  # No dot: never index.html, '.', '..' or a hidden folder.
+  assert all(re.fullmatch(r"[A-Za-z0-9_-]+", n) for n in names)
+
+
+def test_an_input_named_like_the_overview_page(tiny_model, tmp_path):
+  """`index.html.png` used to get the folder `index.html`, and writing the
+  page over that folder failed after every image was done."""
+  folder = tmp_path / "in"
+  folder.mkdir()
+  pixels = np.random.default_rng(3).integers(0, 256, (64, 64, 3), np.uint8)
+  _save(folder / "index.html.png", pixels)
+  _save(folder / "index.png", pixels)
+  predictor = demo.Predictor(lambda x: tiny_model(x, training=False),
+                             tiny_model.renderer)
+  output_dir = tmp_path / "out"
+  done, skipped = demo.run_demo(predictor, demo.list_inputs(str(folder)),
+                                str(output_dir), num_frames=1)
+  assert not skipped and len(done) == 2
+  assert (output_dir / "index.html").is_file()
+  page = (output_dir / "index.html").read_text()
+  for name, source in done:
+    assert (output_dir / name / "mesh.obj").is_file(), name
+    assert f'href="{name}/mesh.obj"' in page
+    assert os.path.basename(source) in page
 
 
 @pytest.mark.slow

@@ -107,15 +107,20 @@ def list_inputs(path):
 
 
 def output_names(paths):
-  """A distinct, filesystem-safe folder name per input path."""
+  """A distinct, filesystem-safe folder name per input path.
+
+  Letters, digits, '_' and '-' only: no dot, so no name is the overview
+  page's (`index.html.png` would otherwise take `index.html`), '.' or '..',
+  or hidden. Distinct ignoring case, for case-insensitive file systems.
+  """
   names, seen = [], set()
   for path in paths:
-    stem = re.sub(r"[^A-Za-z0-9_.-]", "_",
+    stem = re.sub(r"[^A-Za-z0-9_-]", "_",
                   os.path.splitext(os.path.basename(path))[0]) or "image"
     name, i = stem, 2
-    while name in seen:
+    while name.lower() in seen:
       name, i = f"{stem}_{i}", i + 1
-    seen.add(name)
+    seen.add(name.lower())
     names.append(name)
   return names
 
