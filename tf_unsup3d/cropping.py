@@ -11,7 +11,9 @@ is (x0, y0, width, height), a region (top, left, height, width).
 
 import csv
 import math
+import os
 
+from absl import flags
 import numpy as np
 
 BOX_RULES = ("reference", "box")
@@ -152,12 +154,16 @@ class FaceDetector:
     self.min_confidence = float(min_confidence)
 
   def largest_face(self, image):
-    """The largest face's box (x0, y0, width, height) in `[H, W, 3]` uint8
-    RGB, or None when there is no face."""
+    """The largest face's box (x0, y0, width, height), or None (no face).
+
+    `image`: `[H, W, 3]` RGB, uint8 or floats in [0, 1].
+    """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
       raise ValueError(f"image must be [H, W, 3] RGB, got {image.shape}.")
-    faces = [f for f in self._mtcnn.detect_faces(image.astype(np.uint8))
+    if image.dtype != np.uint8:  # floats in [0, 1]
+      image = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+    faces = [f for f in self._mtcnn.detect_faces(image)
              if f["confidence"] >= self.min_confidence]
     if not faces:
       return None
@@ -173,7 +179,7 @@ def frame(image, box=None, detector=None, rule="reference", no_face="skip"):
   model's preprocessing then centre-crops it to a square).
 
   Args:
-    image: `[H, W, 3]` uint8 RGB photo.
+    image: `[H, W, 3]` RGB photo, uint8 or floats in [0, 1].
     box: (x0, y0, width, height) in pixels, or None.
     detector: a `FaceDetector`, or None.
     rule: 'reference' (the reference demo's square) or 'box' (as given).
@@ -181,7 +187,8 @@ def frame(image, box=None, detector=None, rule="reference", no_face="skip"):
       'centre' (return the photo whole).
 
   Returns:
-    (crop `[h, w, 3]` uint8, a short description of how it was framed).
+    (crop `[h, w, 3]` of the image's dtype, a short description of how it
+    was framed).
   """
   if no_face not in NO_FACE_POLICIES:
     raise ValueError(f"no_face must be one of {NO_FACE_POLICIES}, got "
@@ -201,3 +208,68 @@ def frame(image, box=None, detector=None, rule="reference", no_face="skip"):
   x0, y0, width, height = _check_box(box)
   return crop(image, region), (
       f"{how} ({x0:.0f}, {y0:.0f}, {width:.0f} x {height:.0f}), {rule} rule")
+
+
+class Framing:
+  """How the demo and the serving client frame each photo (`frame`)."""
+
+  def __init__(self, detect_faces=False, boxes_file=None, rule="reference",
+               no_face="skip", detector=None):
+    """Reads the box file and builds the detector (clear errors if needed).
+
+    Args:
+      detect_faces: find the largest face in photos without a box.
+      boxes_file: CSV of boxes (`read_boxes`), keyed by file name.
+      rule, no_face: as `frame`; `no_face` also applies to photos that the
+        box file does not list when there is no detector.
+      detector: a `FaceDetector` to use (default: built if detect_faces).
+    """
+    if rule not in BOX_RULES:
+      raise BoxError(f"unknown box rule {rule!r}: use one of {BOX_RULES}.")
+    if no_face not in NO_FACE_POLICIES:
+      raise ValueError(f"no_face must be one of {NO_FACE_POLICIES}, got "
+                       f"{no_face!r}.")
+    self.boxes_file = boxes_file
+    self.boxes = read_boxes(boxes_file) if boxes_file else None
+    self.detector = detector or (FaceDetector() if detect_faces else None)
+    self.rule, self.no_face = rule, no_face
+
+  @property
+  def active(self):
+    """False when photos go to the model whole (the default)."""
+    return self.boxes is not None or self.detector is not None
+
+  def __call__(self, path, image):
+    """(crop, description) of the photo at `path` (`[H, W, 3]`)."""
+    box = None
+    if self.boxes is not None:
+      box = self.boxes.get(os.path.basename(path))
+      if box is None and self.detector is None:
+        if self.no_face == "skip":
+          raise BoxError(f"no box for {os.path.basename(path)!r} in "
+                         f"{self.boxes_file} (--no_face=centre centre-crops "
+                         "such photos instead)")
+        return np.asarray(image), "no box: centre crop"
+    return frame(image, box, self.detector, self.rule, self.no_face)
+
+
+def define_flags():
+  """The framing flags of the demo and the serving client, defined once."""
+  flags.DEFINE_bool("detect_faces", False, "Crop each photo around its "
+                    "largest face (MTCNN; needs the [faces] extra), by the "
+                    "reference demo's rule.")
+  flags.DEFINE_string("boxes", None, "CSV of object boxes (file name, x0, "
+                      "y0, width, height in pixels) for photos of any "
+                      "category; a listed box wins over --detect_faces.")
+  flags.DEFINE_enum("box_rule", "reference", BOX_RULES, "reference: the "
+                    "square the reference demo crops around a face box; "
+                    "box: the box as given.")
+  flags.DEFINE_enum("no_face", "skip", NO_FACE_POLICIES, "A photo without a "
+                    "face (or box): skip it (listed in the summary), or "
+                    "centre-crop it.")
+
+
+def framing_from_flags():
+  """The `Framing` that `define_flags`' flags ask for."""
+  args = flags.FLAGS
+  return Framing(args.detect_faces, args.boxes, args.box_rule, args.no_face)

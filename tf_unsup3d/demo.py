@@ -2,12 +2,17 @@ r"""3D reconstructions of your own images, as pictures, turntables and meshes.
 
     python -m tf_unsup3d.demo --input=FILE_OR_DIR --output_dir=DIR \
         (--checkpoint=runs/synthetic [--gin_file=gin_configs/synthetic.gin]
-         | --saved_model=exported/unsup3d/1)
+         | --saved_model=exported/unsup3d/1) \
+        [--detect_faces [--no_face=skip|centre]] [--boxes=FILE --box_rule=...]
 
 Takes any JPEG, PNG (8 or 16 bit, grey, RGBA), GIF or BMP of any size,
 centre-crops it to a square and resizes it to 64 x 64 (the SavedModel's
-`predict_images_bytes` preprocessing, `tf_unsup3d.preprocessing`). For each
-image, `DIR/<name>/` gets:
+`predict_images_bytes` preprocessing, `tf_unsup3d.preprocessing`). With
+`--detect_faces` or `--boxes` each photo is first cropped to its largest face
+or its listed box (`tf_unsup3d.cropping`: the reference demo's square, edge
+pixels repeated past the photo's border); photos without one are listed as
+skipped, or centre-cropped with `--no_face=centre`. For each image,
+`DIR/<name>/` gets:
 
   input.png              the 64 x 64 model input
   depth.png              canonical depth, colour-mapped (near = bright)
@@ -46,6 +51,7 @@ import trimesh
 
 from tf_unsup3d import atomic_files
 from tf_unsup3d import configurable
+from tf_unsup3d import cropping
 from tf_unsup3d import evaluate
 from tf_unsup3d import preprocessing
 from tf_unsup3d import visualization
@@ -225,19 +231,27 @@ def write_results(folder, image, outputs, predictor, num_frames, max_angle):
                             glb_bytes(vertices, faces, uv, albedo))
 
 
-def index_html(results, skipped):
-  """The overview page: one row per image, one column per result."""
+def index_html(results, skipped, framed=None):
+  """The overview page: one row per image, one column per result.
+
+  Sized to fit a 1400 px wide window: the name, how the photo was framed
+  (`framed`: {folder name: description}) and the file links share the
+  first column, which wraps.
+  """
   columns = PICTURES + TURNTABLES
-  head = "".join(f"<th>{c}</th>" for c in ("image",) + columns + ("files",))
+  head = "".join(f"<th>{c}</th>" for c in ("image",) + columns)
   rows = []
   for name, source in results:
     q = urllib.parse.quote(name)
-    cells = [f"<td>{html.escape(os.path.basename(source))}</td>"]
-    cells += [f'<td><img src="{q}/{c}.{"gif" if c in TURNTABLES else "png"}"'
-              f' alt="{c}"></td>' for c in columns]
     links = " ".join(f'<a href="{q}/{f}">{f}</a>' for f in
                      ("mesh.obj", "mesh.glb", "depth16.png"))
-    cells.append(f"<td>{links}</td>")
+    how = (framed or {}).get(name)
+    first = (f"<b>{html.escape(os.path.basename(source))}</b>" +
+             (f"<br><small>{html.escape(how)}</small>" if how else "") +
+             f"<br><small>{links}</small>")
+    cells = [f'<td class="name">{first}</td>']
+    cells += [f'<td><img src="{q}/{c}.{"gif" if c in TURNTABLES else "png"}"'
+              f' alt="{c}"></td>' for c in columns]
     rows.append("<tr>" + "".join(cells) + "</tr>")
   skipped_html = "".join(
       f"<li>{html.escape(path)}: {html.escape(reason)}</li>"
@@ -245,9 +259,12 @@ def index_html(results, skipped):
   return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>unsup3d demo</title>
 <style>
-body {{ font-family: sans-serif; }}
-img {{ width: 128px; height: 128px; image-rendering: pixelated; }}
+body {{ font-family: sans-serif; background: #f4f4f4; margin: 8px; }}
+table {{ border-collapse: collapse; }}
+img {{ width: 112px; height: 112px; image-rendering: pixelated;
+       display: block; }}
 td, th {{ padding: 2px; text-align: center; }}
+td.name {{ max-width: 150px; overflow-wrap: anywhere; text-align: left; }}
 </style></head><body>
 <h1>unsup3d: {len(results)} images</h1>
 <table><tr>{head}</tr>
@@ -259,18 +276,24 @@ td, th {{ padding: 2px; text-align: center; }}
 
 
 def run_demo(predictor, paths, output_dir, num_frames=16, max_angle=60.0,
-             max_pixels=preprocessing.DEFAULT_MAX_PIXELS):
+             max_pixels=preprocessing.DEFAULT_MAX_PIXELS, framing=None):
   """Writes every result and index.html; returns (done, skipped).
 
-  done: [(folder name, path)]; skipped: [(path, reason)].
+  `framing` (a `cropping.Framing`, optional) crops each photo to its face or
+  box first; photos it finds no face or box in are skipped or centre-cropped
+  as it says. done: [(folder name, path)]; skipped: [(path, reason)].
   """
-  done, skipped = [], []
+  done, skipped, framed = [], [], {}
   size = predictor.renderer.image_size
   for name, path in zip(output_names(paths), paths):
     try:
       with open(path, "rb") as f:
         data = f.read()
-      image = preprocessing.decode_image(data, size, max_pixels).numpy()
+      photo = preprocessing.decode_rgb(data, max_pixels).numpy()
+      how = "centre crop"
+      if framing is not None and framing.active:
+        photo, how = framing(path, photo)
+      image = preprocessing.center_crop_resize(photo, size).numpy()
     except (OSError, tf.errors.OpError, ValueError) as e:
       reason = (getattr(e, "message", None) or str(e)).strip()
       # Eager tf.debugging.Assert: keep the message, not the boolean.
@@ -282,9 +305,10 @@ def run_demo(predictor, paths, output_dir, num_frames=16, max_angle=60.0,
     write_results(os.path.join(output_dir, name), image, outputs, predictor,
                   num_frames, max_angle)
     done.append((name, path))
-    logging.info("%s -> %s", path, os.path.join(output_dir, name))
+    framed[name] = how
+    logging.info("%s (%s) -> %s", path, how, os.path.join(output_dir, name))
   atomic_files.write_bytes(os.path.join(output_dir, "index.html"),
-                            index_html(done, skipped).encode("utf-8"))
+                            index_html(done, skipped, framed).encode("utf-8"))
   return done, skipped
 
 
@@ -301,6 +325,7 @@ def define_flags():
   flags.DEFINE_float("max_angle", 60.0, "Turntable yaw amplitude, degrees.")
   flags.DEFINE_integer("max_pixels", preprocessing.DEFAULT_MAX_PIXELS,
                        "Larger images are skipped.")
+  cropping.define_flags()
 
 
 def main(argv):
@@ -310,6 +335,10 @@ def main(argv):
     raise app.UsageError("--input and --output_dir are required.")
   if bool(args.checkpoint) == bool(args.saved_model):
     raise app.UsageError("Give exactly one of --checkpoint, --saved_model.")
+  try:  # before the model loads: a missing extra or box file stops at once
+    framing = cropping.framing_from_flags()
+  except (ImportError, OSError, cropping.BoxError) as e:
+    raise app.UsageError(str(e)) from None
   if args.checkpoint:
     configurable.parse_gin_flags(skip_unknown=("train", "generate_synthetic"))
     predictor = Predictor.from_checkpoint(args.checkpoint)
@@ -317,9 +346,10 @@ def main(argv):
     predictor = Predictor.from_saved_model(args.saved_model)
   paths = list_inputs(args.input)
   done, skipped = run_demo(predictor, paths, args.output_dir, args.num_frames,
-                           args.max_angle, args.max_pixels)
+                           args.max_angle, args.max_pixels, framing)
   print(f"{len(done)} images -> {args.output_dir}/index.html; "
-        f"{len(skipped)} skipped")
+        f"{len(skipped)} skipped" + "".join(
+            f"\n  skipped {path}: {reason}" for path, reason in skipped))
 
 
 if __name__ == "__main__":
