@@ -11,6 +11,7 @@ import PIL.Image
 import pytest
 import tensorflow as tf
 
+from export.serving import client
 from tf_unsup3d import cropping
 from tf_unsup3d import demo
 from tf_unsup3d import model as model_lib
@@ -121,6 +122,28 @@ def test_detect_faces_without_mtcnn_says_how_to_install(tmp_path):
   assert result.returncode != 0
   assert 'pip install -e ".[faces]"' in result.stderr
   assert not (tmp_path / "out").exists()
+
+
+def test_serving_client_sends_what_the_demo_uses(photos, predictor, tmp_path):
+  boxes = tmp_path / "boxes.csv"
+  boxes.write_text("chelsea.png,%d,%d,%d,%d\n" % CAT_BOX)
+  for framing in (cropping.Framing(boxes_file=str(boxes), rule="box"),
+                  cropping.Framing(boxes_file=str(boxes))):
+    paths = demo.list_inputs(str(photos))
+    data, sent, skipped = client.framed_files(paths, framing)
+    assert [p for p, _ in skipped] == [str(photos / "astronaut.png")]
+    assert len(data) == 1 and sent[0][0].endswith("chelsea.png")
+    # What the server's bytes signature makes of it (its preprocessing).
+    served = preprocessing.decode_image(data[0], SIZE).numpy()
+    output_dir = str(tmp_path / framing.rule)
+    demo.run_demo(predictor, paths, output_dir, num_frames=2,
+                  framing=framing)
+    used = _input_png(output_dir, "chelsea").astype(np.float32) / 255
+    assert np.abs(served - used).max() <= 1 / 255 + 1e-6
+  # Without framing the files go as they are.
+  data, sent, _ = client.framed_files([str(photos / "chelsea.png")],
+                                      cropping.Framing())
+  assert data[0] == (photos / "chelsea.png").read_bytes()
 
 
 # --- The page in a browser --------------------------------------------------

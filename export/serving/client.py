@@ -4,12 +4,15 @@ r"""gRPC and REST clients for the unsup3d model on TensorFlow Serving.
         --protocol=grpc face1.jpg face2.png [--output=outputs.npz]
     python -m export.serving.client --server=localhost:8501 \
         --protocol=rest face1.jpg
+    python -m export.serving.client --detect_faces [--no_face=centre] photo.jpg
 
 Sends the encoded files to the `predict_images_bytes` signature (the server
 decodes, centre-crops and resizes them) and prints every output's shape and
-range; `--output` saves them as an `.npz`. Request building and response
-parsing are pure functions, so they are tested against the exported model
-without a server.
+range; `--output` saves them as an `.npz`. `--detect_faces` and `--boxes`
+frame each photo first exactly as the demo does (`tf_unsup3d.cropping`) and
+send the crop as a PNG, so the server sees what the demo would have used.
+Request building and response parsing are pure functions, so they are
+tested against the exported model without a server.
 """
 
 import base64
@@ -23,6 +26,9 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+from tf_unsup3d import cropping
+from tf_unsup3d import preprocessing
 
 IMAGES_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "predict_images_bytes"
@@ -205,6 +211,42 @@ def rest_predict(inputs, host="localhost:8501", model_name=DEFAULT_MODEL_NAME,
     return parse_rest_response(answer.read())
 
 
+def framed_files(paths, framing, max_pixels=preprocessing.DEFAULT_MAX_PIXELS):
+  """Encoded files to send: each photo framed as the demo would frame it.
+
+  Args:
+    paths: image files.
+    framing: a `cropping.Framing`; when inactive the files go as they are.
+    max_pixels: larger photos are refused before decoding, as the server's
+      signature would.
+
+  Returns:
+    (list of bytes, [(path, description)] sent, [(path, reason)] skipped).
+    A framed photo travels as a lossless PNG of its crop (16 bits per
+    channel), which the server then centre-crops (a no-op on a square) and
+    resizes, like the demo.
+  """
+  data, sent, skipped = [], [], []
+  for path in paths:
+    with open(path, "rb") as f:
+      raw = f.read()
+    if not framing.active:
+      data.append(raw)
+      sent.append((path, "as is"))
+      continue
+    try:
+      photo = preprocessing.decode_rgb(raw, max_pixels).numpy()
+      photo, how = framing(path, photo)
+    except (tf.errors.OpError, ValueError) as e:
+      reason = (getattr(e, "message", None) or str(e)).strip()
+      skipped.append((path, reason.split("Summarized data:")[-1].strip()))
+      continue
+    pixels = np.round(np.clip(photo, 0.0, 1.0) * 65535.0).astype(np.uint16)
+    data.append(tf.io.encode_png(pixels).numpy())
+    sent.append((path, how))
+  return data, sent, skipped
+
+
 def define_flags():
   """Command-line flags of the client CLI."""
   flags.DEFINE_string("server", "localhost:8500",
@@ -215,6 +257,7 @@ def define_flags():
   flags.DEFINE_integer("model_version", None, "Model version (default: the "
                        "latest).")
   flags.DEFINE_string("output", None, "Optional .npz for the outputs.")
+  cropping.define_flags()
 
 
 def main(argv):
@@ -222,10 +265,17 @@ def main(argv):
   if not files:
     raise app.UsageError("Give one or more image files.")
   args = flags.FLAGS
-  data = []
-  for path in files:
-    with open(path, "rb") as f:
-      data.append(f.read())
+  try:
+    framing = cropping.framing_from_flags()
+  except (ImportError, OSError, cropping.BoxError) as e:
+    raise app.UsageError(str(e)) from None
+  data, sent, skipped = framed_files(files, framing)
+  for path, reason in skipped:
+    print(f"skipped {path}: {reason}")
+  if not data:
+    raise app.UsageError("No image left to send.")
+  for path, how in sent:
+    print(f"sending {path} ({how})")
   if args.protocol == "grpc":
     client = GrpcClient(args.server, args.model_name)
     outputs = client.predict(data, BYTES_SIGNATURE, args.model_version)
