@@ -142,3 +142,41 @@ def test_wheel_ships_the_configs(tmp_path):
   names = zipfile.ZipFile(wheel).namelist()
   for name in gin_configs.available():
     assert f"tf_unsup3d/gin_configs/{name}.gin" in names
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_config_without_data_or_weights_says_what_to_get(
+    name, tmp_path, monkeypatch):
+  """From an empty directory: first the VGG16 weights are missing, then
+  (without the perceptual loss) the data; each message names the fix."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+  monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+  strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+  for bindings, error, needles in [
+      ([], FileNotFoundError, ["vgg16-397923af.pth", "Unsup3D.lam_perc = 0.0"]),
+      (["Unsup3D.lam_perc = 0.0"], datasets.DataError,
+       ["does not exist", "github.com/elliottwu/unsup3d"])]:
+    gin.clear_config()
+    try:
+      gin.parse_config_files_and_bindings([gin_configs.resolve(name)],
+                                          bindings)
+      with pytest.raises(error) as caught:
+        train.train(str(tmp_path / "run"), strategy)
+    finally:
+      gin.clear_config()
+    for needle in needles:
+      assert needle in str(caught.value), (name, str(caught.value))
+  assert not os.path.exists(tmp_path / "data")  # nothing generated
+
+
+@pytest.mark.slow
+def test_train_command_stops_without_a_traceback(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "tf_unsup3d.train", "--gin_file=cars.gin",
+       f"--model_dir={tmp_path / 'run'}", "--gin_param=Unsup3D.lam_perc = 0.0"],
+      cwd=tmp_path, capture_output=True, text=True, timeout=600)
+  assert result.returncode != 0 and "Traceback" not in result.stderr
+  assert "train: Data directory data/syncar does not exist" in result.stderr

@@ -514,7 +514,11 @@ def main(argv):
   configurable.parse_gin_flags()
   model_dir = args.model_dir or os.path.join(
       "runs", os.path.splitext(os.path.basename(args.gin_file[0]))[0])
-  train(model_dir, make_strategy(args.strategy))
+  try:
+    train(model_dir, make_strategy(args.strategy))
+  except (datasets.DataError, FileNotFoundError) as e:
+    # Missing data or weights: the message says what to get and where.
+    raise SystemExit(f"train: {e}") from None
 
 
 if __name__ == "__main__":

@@ -391,7 +391,7 @@ def make_dataset(split, training, batch_size, data_dir=gin.REQUIRED,
                  random_flip=True, deterministic=None,
                  check_cache_dir=None, input_context=None, seed=0, epoch=0,
                  max_pixels=preprocessing.DEFAULT_MAX_PIXELS,
-                 log_skipped=True):
+                 log_skipped=True, source=None):
   """Batches of {'image' [B, S, S, 3] in [0, 1], 'depth' [B, S, S] (paired)}.
 
   Args:
@@ -423,6 +423,8 @@ def make_dataset(split, training, batch_size, data_dir=gin.REQUIRED,
     max_pixels: images over this many pixels (from the file header) are
       skipped without being decoded (the serving limit by default).
     log_skipped: warn about each skipped file (once per call).
+    source: where the data comes from and how to prepare it (a sentence;
+      each paper config says it), given when data_dir does not exist.
 
   Returns:
     (dataset, info) where info = {'num_files' (examples listed),
@@ -430,6 +432,13 @@ def make_dataset(split, training, batch_size, data_dir=gin.REQUIRED,
     'reasons' ({path: why})}.
   """
   ordered = True if deterministic is None else bool(deterministic)
+  if not os.path.isdir(data_dir):
+    raise DataError(
+        f"Data directory {data_dir} does not exist (gin "
+        f"make_dataset.data_dir). " + (source or (
+            "Put the images in <data_dir>/{train,val,test}/ (layout "
+            f"{layout!r}, README 'Data') or point make_dataset.data_dir at "
+            "them.")))
   if layout not in LAYOUTS:
     raise DataError(f"layout must be one of {LAYOUTS}, got {layout!r}.")
   try:
