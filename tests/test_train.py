@@ -436,3 +436,45 @@ def test_the_cli_reports_a_gin_typo_before_touching_the_data(tmp_path):
   assert "nff" in result.stderr
   assert not os.path.exists(missing_data)
   assert not (tmp_path / "run").exists()  # No cache, lock or log written.
+
+
+@pytest.mark.slow
+def test_an_interrupted_automatic_generation_is_finished_by_the_next_run(
+    tmp_path):
+  data_dir = str(tmp_path / "data")
+  generation = ["generate_synthetic.num_train = 4",
+                "generate_synthetic.num_val = 2",
+                "generate_synthetic.num_test = 2",
+                "generate_synthetic.seed = 3",
+                "train.generate_synthetic_data = True"]
+  reference = str(tmp_path / "reference")
+  synthetic.generate(reference, 4, 2, 2, image_size=64, seed=3,
+                     progress=False)
+  # The state an interruption leaves: train complete, val half written in
+  # its .partial folder, test not started.
+  shutil.copytree(os.path.join(reference, "train"),
+                  os.path.join(data_dir, "train"))
+  shutil.copytree(os.path.join(reference, "val"),
+                  os.path.join(data_dir, "val.partial"))
+  for sub in ("image", "depth"):
+    folder = os.path.join(data_dir, "val.partial", sub)
+    os.remove(os.path.join(folder, sorted(os.listdir(folder))[-1]))
+  gin.clear_config()
+  gin.parse_config_files_and_bindings(
+      [os.path.join(ROOT, "gin_configs", "synthetic.gin")],
+      bindings("synthetic", data_dir, generation + ["train.max_steps = 1"]))
+  try:
+    summary = train_lib.train(str(tmp_path / "run"),
+                              tf.distribute.OneDeviceStrategy("/cpu:0"))
+  finally:
+    gin.clear_config()
+  assert summary["steps"] == 1
+  assert not os.path.exists(os.path.join(data_dir, "val.partial"))
+  for split in ("val", "test"):  # finished, byte for byte the same faces
+    for sub in ("image", "depth"):
+      names = sorted(os.listdir(os.path.join(reference, split, sub)))
+      assert sorted(os.listdir(os.path.join(data_dir, split, sub))) == names
+      for name in names:
+        with open(os.path.join(reference, split, sub, name), "rb") as a, \
+            open(os.path.join(data_dir, split, sub, name), "rb") as b:
+          assert a.read() == b.read(), (split, name)
