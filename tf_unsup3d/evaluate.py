@@ -410,12 +410,16 @@ def main(argv):
   args = flags.FLAGS
   if not args.checkpoint:
     raise app.UsageError("--checkpoint is required.")
-  model = load_model(args.checkpoint)
-  dataset, info = datasets.make_dataset(args.split, training=False,
-                                        batch_size=args.batch_size)
-  if "depth" not in dataset.element_spec:
-    raise datasets.DataError("This dataset has no ground-truth depth: use the "
-                             "paired layout (gin make_dataset.layout).")
+  try:
+    model = load_model(args.checkpoint)
+    dataset, info = datasets.make_dataset(args.split, training=False,
+                                          batch_size=args.batch_size)
+    if "depth" not in dataset.element_spec:
+      raise datasets.DataError("This dataset has no ground-truth depth: use "
+                               "the paired layout (gin make_dataset.layout).")
+  except (datasets.DataError, FileNotFoundError) as e:
+    # Missing data or weights: the message says what to get and where.
+    raise SystemExit(f"evaluate: {e}") from None
   results = evaluate(model, dataset)
   output_dir = args.output_dir or (
       args.checkpoint if os.path.isdir(args.checkpoint)
