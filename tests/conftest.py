@@ -21,3 +21,14 @@ def _seed():
   np.random.seed(0)
   tf.random.set_seed(0)
   yield
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+  """A built 64-px `Unsup3D` with tiny widths and random weights, no VGG."""
+  from tf_unsup3d import model as model_lib  # pylint: disable=g-import-not-at-top
+  tf.random.set_seed(0)
+  model = model_lib.Unsup3D(nf=8, zdim=16, light_view_nf=8, conf_zdim=16,
+                            lam_perc=0.0)
+  model.build((None, 64, 64, 3))
+  return model

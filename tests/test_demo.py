@@ -12,7 +12,6 @@ import tensorflow as tf
 import trimesh
 
 from tf_unsup3d import demo
-from tf_unsup3d import model as model_lib
 from tf_unsup3d import preprocessing
 from tf_unsup3d.data import datasets
 
@@ -39,15 +38,6 @@ def inputs(tmp_path_factory):
   (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
   (folder / "notes.txt").write_text("not an image extension: ignored")
   return folder, ["deep16", "gray", "odd", "rgba"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-  tf.random.set_seed(0)
-  model = model_lib.Unsup3D(nf=8, zdim=16, light_view_nf=8, conf_zdim=16,
-                            lam_perc=0.0)
-  model.build((None, SIZE, SIZE, 3))
-  return model
 
 
 @pytest.fixture(scope="module")

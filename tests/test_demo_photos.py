@@ -9,12 +9,10 @@ import sys
 import numpy as np
 import PIL.Image
 import pytest
-import tensorflow as tf
 
 from export.serving import client
 from tf_unsup3d import cropping
 from tf_unsup3d import demo
-from tf_unsup3d import model as model_lib
 from tf_unsup3d import preprocessing
 
 SIZE = 64
@@ -31,12 +29,9 @@ def photos(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def predictor():
-  tf.random.set_seed(0)
-  model = model_lib.Unsup3D(nf=8, zdim=16, light_view_nf=8, conf_zdim=16,
-                            lam_perc=0.0)
-  model.build((None, SIZE, SIZE, 3))
-  return demo.Predictor(lambda x: model(x, training=False), model.renderer)
+def predictor(tiny_model):
+  return demo.Predictor(lambda x: tiny_model(x, training=False),
+                        tiny_model.renderer)
 
 
 def _input_png(output_dir, name):
