@@ -247,8 +247,9 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
     max_steps: stop after this many steps in total (None: all epochs).
     max_seconds: stop after this much training time in this run (None: no
       limit), e.g. for a fixed-budget benchmark.
-    generate_synthetic_data: if the data directory has no train split,
-      generate the synthetic dataset there first (`synthetic.generate`).
+    generate_synthetic_data: if a split of the data directory is missing,
+      generate the synthetic dataset there first (`synthetic.generate`
+      keeps complete splits and finishes interrupted ones).
     seed: shuffling seed.
   """
   if learning_rate_schedule not in ("constant", "cosine"):
