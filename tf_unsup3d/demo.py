@@ -295,9 +295,7 @@ def run_demo(predictor, paths, output_dir, num_frames=16, max_angle=60.0,
         photo, how = framing(path, photo)
       image = preprocessing.center_crop_resize(photo, size).numpy()
     except (OSError, tf.errors.OpError, ValueError) as e:
-      reason = (getattr(e, "message", None) or str(e)).strip()
-      # Eager tf.debugging.Assert: keep the message, not the boolean.
-      reason = reason.split("Summarized data:")[-1].strip().splitlines()[0]
+      reason = preprocessing.error_reason(e)
       print(f"Skipping {path}: {reason}", file=sys.stderr)
       skipped.append((path, reason))
       continue

@@ -218,6 +218,17 @@ def decode_rgb(data, max_pixels=DEFAULT_MAX_PIXELS):
     return image
 
 
+def error_reason(error):
+  """One readable line saying why an image was refused.
+
+  `decode_rgb`'s eager `tf.debugging.Assert` errors carry the condition
+  before "Summarized data:"; the message after it is what a user needs.
+  """
+  reason = (getattr(error, "message", None) or str(error)).strip()
+  reason = reason.split("Summarized data:")[-1].strip()
+  return (reason.splitlines() or [""])[0]
+
+
 def decode_image(data, size=64, max_pixels=DEFAULT_MAX_PIXELS):
   """One encoded image (scalar string) -> `[size, size, 3]` float32 in [0, 1].
 

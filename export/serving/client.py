@@ -238,8 +238,7 @@ def framed_files(paths, framing, max_pixels=preprocessing.DEFAULT_MAX_PIXELS):
       photo = preprocessing.decode_rgb(raw, max_pixels).numpy()
       photo, how = framing(path, photo)
     except (tf.errors.OpError, ValueError) as e:
-      reason = (getattr(e, "message", None) or str(e)).strip()
-      skipped.append((path, reason.split("Summarized data:")[-1].strip()))
+      skipped.append((path, preprocessing.error_reason(e)))
       continue
     pixels = np.round(np.clip(photo, 0.0, 1.0) * 65535.0).astype(np.uint16)
     data.append(tf.io.encode_png(pixels).numpy())
