@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from tf_unsup3d import atomic_files
 from tf_unsup3d import preprocessing
+from tf_unsup3d.data import depth_png
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 LAYOUTS = ("folder", "paired", "tfrecord")
@@ -202,15 +203,14 @@ def check_files(paths, cache_path=None,
 
 
 def decode_depth(png_bytes, min_depth, max_depth):
-  """Depth PNG (8 or 16 bit) -> `[H, W]` scene units (DESIGN section 6).
+  """Depth PNG bytes (8 or 16 bit) -> float32 `[H, W]` in scene units.
 
-  A value g in [0, 1] maps to g' = (1 - g) * 2 - 1 in [-1, 1], then linearly
-  to [min_depth, max_depth].
+  The grey level, scaled to [0, 1] whatever the bit depth, is read in the
+  `depth_png` convention (near = bright).
   """
-  g = tf.io.decode_image(png_bytes, channels=1, dtype=tf.float32,
-                         expand_animations=False)[..., 0]
-  g = (1.0 - g) * 2.0 - 1.0
-  return min_depth + (g + 1.0) / 2.0 * (max_depth - min_depth)
+  gray = tf.io.decode_image(png_bytes, channels=1, dtype=tf.float32,
+                            expand_animations=False)[..., 0]
+  return depth_png.gray_to_depth(gray, min_depth, max_depth)
 
 
 def prepare_example(example, image_size, crop_spec=None, min_depth=0.9,
