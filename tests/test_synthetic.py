@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from tf_unsup3d.data import datasets
+from tf_unsup3d.data import depth_png
 from tf_unsup3d.data import synthetic
 
 FLAT = {"cap": 0.0, "nose": 0.0, "brow": 0.0, "eye": 0.0, "cheek": 0.0,
@@ -69,11 +70,12 @@ def test_generation_is_deterministic_and_splits_are_independent(tmp_path):
 
 
 def test_depth_encoding_round_trips():
+  limits = synthetic.MIN_DEPTH, synthetic.MAX_DEPTH
   depth = np.linspace(0.9, 1.1, 101)
-  decoded = synthetic.decode_depth(synthetic.encode_depth(depth))
+  decoded = depth_png.decode(depth_png.encode(depth, *limits), *limits)
   np.testing.assert_allclose(decoded, depth, atol=0.2 / 65535)
-  assert synthetic.encode_depth([1.1])[0] == 0  # background: max depth
-  assert synthetic.encode_depth([0.9])[0] == 65535
+  assert depth_png.encode([1.1], *limits)[0] == 0  # background: max depth
+  assert depth_png.encode([0.9], *limits)[0] == 65535
 
 
 def test_frontal_view_of_a_symmetric_face_is_mirror_symmetric():
@@ -253,8 +255,10 @@ def test_views_csv_holds_the_view_and_light_of_every_image(tmp_path,
       normal = rotation(row["rx"], row["ry"], row["rz"])[:, 2]
       shift = np.array([row["tx"], row["ty"], row["tz"]])
       expected = (centre + shift) @ normal / (rays @ normal)
-      depth = synthetic.decode_depth(read_png(
-          root / split / "depth" / f"{i:06d}_depth.png", tf.uint16)[..., 0])
+      values = read_png(root / split / "depth" / f"{i:06d}_depth.png",
+                        tf.uint16)[..., 0]
+      depth = depth_png.decode(values, synthetic.MIN_DEPTH,
+                               synthetic.MAX_DEPTH)
       face = depth < synthetic.MAX_DEPTH
       assert face.mean() > 0.2
       np.testing.assert_allclose(depth[face], expected[face], atol=4e-6)
@@ -344,7 +348,8 @@ def test_pngs_round_trip_through_tensorflow_decoding():
   # The training pipeline's decoder reads the generator's depth back.
   depth = np.linspace(synthetic.MIN_DEPTH, synthetic.MAX_DEPTH, 35)
   depth = depth.reshape(5, 7)
-  png = synthetic.encode_png(synthetic.encode_depth(depth))
+  png = synthetic.encode_png(depth_png.encode(depth, synthetic.MIN_DEPTH,
+                                              synthetic.MAX_DEPTH))
   np.testing.assert_allclose(
       datasets.decode_depth(png, synthetic.MIN_DEPTH,
                             synthetic.MAX_DEPTH).numpy(), depth, atol=3e-6)

@@ -56,6 +56,7 @@ from tf_unsup3d import evaluate
 from tf_unsup3d import preprocessing
 from tf_unsup3d import visualization
 from tf_unsup3d.data import datasets
+from tf_unsup3d.data import depth_png
 from tf_unsup3d.rendering import rasterizer
 from tf_unsup3d.rendering import renderer as renderer_lib
 
@@ -129,12 +130,6 @@ def output_names(paths):
     seen.add(name.lower())
     names.append(name)
   return names
-
-
-def depth_to_png16(depth, min_depth, max_depth):
-  """`[H, W]` depth -> uint16 `[H, W, 1]`, g = (max - d) / (max - min)."""
-  g = np.clip((max_depth - depth) / (max_depth - min_depth), 0.0, 1.0)
-  return np.round(g * 65535.0).astype(np.uint16)[..., None]
 
 
 def shape_shading(normal):
@@ -211,8 +206,8 @@ def write_results(folder, image, outputs, predictor, num_frames, max_angle):
                             _to_uint8(np.asarray(picture)[0]))
   atomic_files.write_bytes(
       os.path.join(folder, "depth16.png"),
-      tf.io.encode_png(depth_to_png16(depth[0], r.min_depth,
-                                      r.max_depth)).numpy())
+      tf.io.encode_png(depth_png.encode(depth[0], r.min_depth,
+                                        r.max_depth)[..., None]).numpy())
   angles = yaw_angles(num_frames, max_angle)
   textures = {"turntable": outputs["canon_image"],
               "turntable_shape": shape_shading(outputs["canon_normal"])}

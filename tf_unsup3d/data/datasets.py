@@ -29,12 +29,15 @@ import tensorflow as tf
 
 from tf_unsup3d import atomic_files
 from tf_unsup3d import preprocessing
+from tf_unsup3d.data import depth_png
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 LAYOUTS = ("folder", "paired", "tfrecord")
 # Stateless random ops pick their algorithm per device unless told: fix it,
 # so the order does not depend on where the pipeline runs.
 _RNG_ALG = "philox"
+# The independent random streams of an epoch, by (seed, epoch) key.
+_FLIP_STREAM, _SHUFFLE_STREAM = 0, 1
 
 
 class DataError(ValueError):
@@ -202,15 +205,14 @@ def check_files(paths, cache_path=None,
 
 
 def decode_depth(png_bytes, min_depth, max_depth):
-  """Depth PNG (8 or 16 bit) -> `[H, W]` scene units (DESIGN section 6).
+  """Depth PNG bytes (8 or 16 bit) -> float32 `[H, W]` in scene units.
 
-  A value g in [0, 1] maps to g' = (1 - g) * 2 - 1 in [-1, 1], then linearly
-  to [min_depth, max_depth].
+  The grey level, scaled to [0, 1] whatever the bit depth, is read in the
+  `depth_png` convention (near = bright).
   """
-  g = tf.io.decode_image(png_bytes, channels=1, dtype=tf.float32,
-                         expand_animations=False)[..., 0]
-  g = (1.0 - g) * 2.0 - 1.0
-  return min_depth + (g + 1.0) / 2.0 * (max_depth - min_depth)
+  gray = tf.io.decode_image(png_bytes, channels=1, dtype=tf.float32,
+                            expand_animations=False)[..., 0]
+  return depth_png.gray_to_depth(gray, min_depth, max_depth)
 
 
 def prepare_example(example, image_size, crop_spec=None, min_depth=0.9,
@@ -307,19 +309,42 @@ def _crop_error(crop_spec, split, data_dir, sizes):
       "them, an int for a centre crop, or None.")
 
 
-def _check_split(split, data_dir, layout, crop_spec, max_pixels, cache_path,
-                 log):
-  """Lists and checks a folder or paired split.
+class _Source(typing.NamedTuple):
+  """One layout's usable examples of a split, still encoded.
 
-  Returns (slices {'image': paths[, 'depth': paths]}, info).
+  records: a dataset of one element per example, in the epoch's order when
+    training, else in the listed order.
+  read: element of `records` -> {'image': bytes[, 'depth': bytes]} (encoded
+    files); applied after sharding, so each worker reads only its share.
+  info: `make_dataset`'s info.
   """
-  if layout == "paired":
-    pairs = list_paired(data_dir, split)
-    check = check_files([p for pair in pairs for p in pair], cache_path,
-                        max_pixels, log)
-  else:
-    pairs = [(p,) for p in list_folder(data_dir, split)]
-    check = check_files([p for p, in pairs], cache_path, max_pixels, log)
+  records: tf.data.Dataset
+  read: typing.Callable
+  info: dict
+
+
+def _epoch_key(seed, epoch, stream):
+  """Stateless key of one random stream (flips, record shuffle) of an epoch."""
+  return tf.random.experimental.stateless_fold_in(
+      tf.constant([seed, epoch], tf.int64), stream, alg=_RNG_ALG)
+
+
+def _check_split(pairs, split, data_dir, crop_spec, max_pixels, cache_path,
+                 log):
+  """The examples of a folder or paired split that can be used.
+
+  Args:
+    pairs: listed examples, sorted: (image path,) or (image path, depth path).
+    split, data_dir: for the messages.
+    crop_spec, max_pixels, cache_path, log: as `make_dataset` and
+      `check_files`; an example is skipped when one of its files is bad or
+      the crop does not fit its image.
+
+  Returns:
+    (usable pairs in listed order, info).
+  """
+  check = check_files([p for pair in pairs for p in pair], cache_path,
+                      max_pixels, log)
   reasons = dict(check.reasons)
   misfits = [p for p in check.good
              if not preprocessing.crop_fits(crop_spec, *check.sizes[p])]
@@ -336,14 +361,43 @@ def _check_split(split, data_dir, layout, crop_spec, max_pixels, cache_path,
                         [check.sizes[p] for p in misfits])
     raise DataError(f"Every file of split {split!r} in {data_dir} was "
                     "skipped (see the warnings for each file's reason).")
-  slices = {"image": [pair[0] for pair in usable]}
-  if layout == "paired":
-    slices["depth"] = [pair[1] for pair in usable]
   skipped = [p for pair in pairs for p in pair if p in reasons]
   info = {"num_files": len(pairs), "num_examples": len(usable),
           "num_skipped": len(pairs) - len(usable), "skipped": skipped,
           "reasons": {p: reasons[p] for p in skipped}}
-  return slices, info
+  return usable, info
+
+
+def _file_source(pairs, names, split, data_dir, epoch_seed, **check):
+  """A `_Source` of listed files, one file per name in each example.
+
+  Args:
+    pairs: (path per name) tuples, sorted.
+    names: the example keys of the tuples' paths ('image'[, 'depth']).
+    split, data_dir: for the messages.
+    epoch_seed: (seed, epoch) of a training epoch, or None (listed order).
+    **check: `_check_split`'s crop_spec, max_pixels, cache_path and log.
+  """
+  usable, info = _check_split(pairs, split, data_dir, **check)
+  if epoch_seed is not None:
+    usable = [usable[i] for i in epoch_order(len(usable), *epoch_seed)]
+  slices = {name: [pair[i] for pair in usable]
+            for i, name in enumerate(names)}
+  def read(paths):
+    return {name: tf.io.read_file(path) for name, path in paths.items()}
+  return _Source(tf.data.Dataset.from_tensor_slices(slices), read, info)
+
+
+def _folder_source(split, data_dir, epoch_seed, **check):
+  """Folder layout: the images under <split>/ (`list_folder`)."""
+  return _file_source([(p,) for p in list_folder(data_dir, split)],
+                      ("image",), split, data_dir, epoch_seed, **check)
+
+
+def _paired_source(split, data_dir, epoch_seed, **check):
+  """Paired layout: images with their depth PNGs (`list_paired`)."""
+  return _file_source(list_paired(data_dir, split), ("image", "depth"), split,
+                      data_dir, epoch_seed, **check)
 
 
 def manifest_path(data_dir, split):
@@ -381,6 +435,110 @@ def _tfrecord_shards(data_dir, split, log=True):
   count = int(tf.data.TFRecordDataset(found).reduce(
       tf.constant(0, tf.int64), lambda n, _: n + 1))
   return found, count
+
+
+def _first_record(files):
+  """The first record of the first non-empty shard, as {key: bytes}."""
+  for path in files:
+    for record in tf.data.TFRecordDataset(path).take(1):
+      example = tf.train.Example.FromString(record.numpy())
+      return {k: v.bytes_list.value[0]
+              for k, v in example.features.feature.items()}
+  raise DataError(f"TFRecord shards {files[0]} ... are empty.")
+
+
+def _parse_record(record, has_depth):
+  """Serialized `tf.train.Example` -> {'image': bytes[, 'depth': bytes]}."""
+  features = {"image": tf.io.FixedLenFeature([], tf.string)}
+  if has_depth:
+    features["depth"] = tf.io.FixedLenFeature([], tf.string)
+  return tf.io.parse_single_example(record, features)
+
+
+def _tfrecord_source(split, data_dir, crop_spec, epoch_seed, shuffle_buffer,
+                     log):
+  """TFRecord layout: the records of <split>-*.tfrecord, as a `_Source`.
+
+  Records are not checked one by one: the first one's image size must fit
+  the crop, and a record that fails to decode is dropped later. A training
+  epoch reads the shards in its own order (`epoch_order`), one record of
+  each in turn, and shuffles records within windows of `shuffle_buffer`.
+  """
+  files, count = _tfrecord_shards(data_dir, split, log)
+  first = _first_record(files)
+  height, width = (int(v) for v in preprocessing.header_size(first["image"]))
+  if not preprocessing.crop_fits(crop_spec, height, width):
+    raise _crop_error(crop_spec, split, data_dir, [(height, width)])
+  info = {"num_files": count, "num_examples": count, "num_skipped": 0,
+          "skipped": [], "reasons": {}}
+  if epoch_seed is not None:
+    files = [files[i] for i in epoch_order(len(files), *epoch_seed)]
+  # Up to 64 shards at once, one record of each in turn, in a fixed order.
+  records = tf.data.Dataset.from_tensor_slices(files).interleave(
+      tf.data.TFRecordDataset, cycle_length=min(len(files), 64),
+      block_length=1,
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if epoch_seed is not None and shuffle_buffer > 1:
+    records = _window_shuffle(records, shuffle_buffer,
+                              _epoch_key(*epoch_seed, _SHUFFLE_STREAM))
+  has_depth = "depth" in first
+  return _Source(records, lambda r: _parse_record(r, has_depth), info)
+
+
+def _read(source, input_context, ordered):
+  """(position in the epoch's order, encoded example) of this worker's share.
+
+  Sharded by example, not by file or shard: every worker then gets the same
+  number of batches, which the collective steps of a multi-worker run need.
+  """
+  dataset = source.records.enumerate()
+  if input_context:
+    dataset = dataset.shard(input_context.num_input_pipelines,
+                            input_context.input_pipeline_id)
+  return dataset.map(lambda i, e: (i, source.read(e)),
+                     num_parallel_calls=tf.data.AUTOTUNE,
+                     deterministic=ordered)
+
+
+def _decode_and_flip(dataset, image_size, crop_spec, min_depth, max_depth,
+                     max_pixels, flip_key, ordered):
+  """`prepare_example` on (position, encoded example) elements.
+
+  flip_key: None, or the key of the random horizontal flips, each a function
+  of the example's position (`_flip`). An example that fails to decode (a
+  file that changed since the check, a bad record) is dropped rather than
+  ending the run.
+  """
+  def prepare(position, example):
+    out = prepare_example(example, image_size, crop_spec, min_depth,
+                          max_depth, max_pixels)
+    if flip_key is not None:
+      flip = _flip(position, flip_key)
+      out = {k: tf.cond(flip, lambda v=v: tf.reverse(v, [1]), lambda v=v: v)
+             for k, v in out.items()}
+    return out
+
+  dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
+                        deterministic=ordered)
+  return dataset.ignore_errors(log_warning=True)
+
+
+def _batch(dataset, batch_size, training, num_examples, input_context):
+  """Batches of `batch_size` (per replica) of `num_examples` examples.
+
+  Training: whole batches only, exactly the epoch's global steps times the
+  replicas this pipeline feeds, so every pipeline yields the same number (a
+  multi-worker step waits for every worker).
+  """
+  dataset = dataset.batch(batch_size, drop_remainder=training)
+  if training:
+    replicas, pipelines = 1, 1
+    if input_context:
+      replicas = input_context.num_replicas_in_sync
+      pipelines = input_context.num_input_pipelines
+    steps = num_examples // (batch_size * replicas)
+    dataset = dataset.take(steps * (replicas // pipelines))
+  return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 @gin.configurable(denylist=["split", "training", "batch_size", "input_context",
@@ -445,93 +603,21 @@ def make_dataset(split, training, batch_size, data_dir=gin.REQUIRED,
     crop_spec = preprocessing.validate_crop_spec(crop_spec)
   except ValueError as e:
     raise DataError(f"gin make_dataset.{e}") from None
-  key = tf.constant([seed, epoch], tf.int64)
+  epoch_seed = (seed, epoch) if training else None
   if layout == "tfrecord":
-    files, count = _tfrecord_shards(data_dir, split, log_skipped)
-    first = _first_record(files)
-    height, width = (int(v) for v in preprocessing.header_size(first["image"]))
-    if not preprocessing.crop_fits(crop_spec, height, width):
-      raise _crop_error(crop_spec, split, data_dir, [(height, width)])
-    info = {"num_files": count, "num_examples": count, "num_skipped": 0,
-            "skipped": [], "reasons": {}}
-    if training:
-      files = [files[i] for i in epoch_order(len(files), seed, epoch)]
-    # Up to 64 shards at once, one record of each in turn, in a fixed order.
-    dataset = tf.data.Dataset.from_tensor_slices(files).interleave(
-        tf.data.TFRecordDataset, cycle_length=min(len(files), 64),
-        block_length=1,
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if training and shuffle_buffer > 1:
-      dataset = _window_shuffle(
-          dataset, shuffle_buffer,
-          tf.random.experimental.stateless_fold_in(key, 1, alg=_RNG_ALG))
-    has_depth = "depth" in first
-    dataset = dataset.enumerate()
-    if input_context:
-      # By record, not by shard: every worker then gets the same number of
-      # batches, which the collective steps of a multi-worker run need.
-      dataset = dataset.shard(input_context.num_input_pipelines,
-                              input_context.input_pipeline_id)
-    dataset = dataset.map(lambda i, r: (i, _parse_record(r, has_depth)),
-                          num_parallel_calls=tf.data.AUTOTUNE,
-                          deterministic=ordered)
+    examples = _tfrecord_source(split, data_dir, crop_spec, epoch_seed,
+                                shuffle_buffer, log_skipped)
   else:
-    cache = (os.path.join(check_cache_dir, f"file_check_{split}.json")
-             if check_cache_dir else None)
-    slices, info = _check_split(split, data_dir, layout, crop_spec,
-                                max_pixels, cache, log_skipped)
-    if training:
-      order = epoch_order(info["num_examples"], seed, epoch)
-      slices = {k: [v[i] for i in order] for k, v in slices.items()}
-    dataset = tf.data.Dataset.from_tensor_slices(slices).enumerate()
-    if input_context:
-      dataset = dataset.shard(input_context.num_input_pipelines,
-                              input_context.input_pipeline_id)
-    dataset = dataset.map(
-        lambda i, e: (i, {k: tf.io.read_file(v) for k, v in e.items()}),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=ordered)
-
-  flip_key = tf.random.experimental.stateless_fold_in(key, 0, alg=_RNG_ALG)
-
-  def prepare(position, example):
-    out = prepare_example(example, image_size, crop_spec, min_depth,
-                          max_depth, max_pixels)
-    if training and random_flip:
-      flip = _flip(position, flip_key)
-      out = {k: tf.cond(flip, lambda v=v: tf.reverse(v, [1]), lambda v=v: v)
-             for k, v in out.items()}
-    return out
-
-  dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
-                        deterministic=ordered)
-  # A file that changed since the check, or a record that fails to decode,
-  # is dropped rather than ending the run.
-  dataset = dataset.ignore_errors(log_warning=True)
-  dataset = dataset.batch(batch_size, drop_remainder=training)
-  if training:
-    # Every pipeline yields exactly the epoch's steps (a multi-worker step
-    # waits for every worker).
-    replicas, pipelines = 1, 1
-    if input_context:
-      replicas = input_context.num_replicas_in_sync
-      pipelines = input_context.num_input_pipelines
-    steps = info["num_examples"] // (batch_size * replicas)
-    dataset = dataset.take(steps * (replicas // pipelines))
-  return dataset.prefetch(tf.data.AUTOTUNE), info
-
-
-def _first_record(files):
-  """The first record of the first non-empty shard, as {key: bytes}."""
-  for path in files:
-    for record in tf.data.TFRecordDataset(path).take(1):
-      example = tf.train.Example.FromString(record.numpy())
-      return {k: v.bytes_list.value[0]
-              for k, v in example.features.feature.items()}
-  raise DataError(f"TFRecord shards {files[0]} ... are empty.")
-
-
-def _parse_record(record, has_depth):
-  features = {"image": tf.io.FixedLenFeature([], tf.string)}
-  if has_depth:
-    features["depth"] = tf.io.FixedLenFeature([], tf.string)
-  return tf.io.parse_single_example(record, features)
+    listed = _paired_source if layout == "paired" else _folder_source
+    examples = listed(
+        split, data_dir, epoch_seed, crop_spec=crop_spec,
+        max_pixels=max_pixels, log=log_skipped,
+        cache_path=(os.path.join(check_cache_dir, f"file_check_{split}.json")
+                    if check_cache_dir else None))
+  flip_key = (_epoch_key(seed, epoch, _FLIP_STREAM)
+              if training and random_flip else None)
+  dataset = _read(examples, input_context, ordered)
+  dataset = _decode_and_flip(dataset, image_size, crop_spec, min_depth,
+                             max_depth, max_pixels, flip_key, ordered)
+  return _batch(dataset, batch_size, training, examples.info["num_examples"],
+                input_context), examples.info

@@ -22,14 +22,15 @@ above the hairline, with an off-centre parting, so not mirror-symmetric),
 only), larger angle ranges; `WILD` / --preset=wild bundles them.
 
 Layout (DESIGN section 6): <split>/image/<i>_image.png (RGB) and
-<split>/depth/<i>_depth.png (16-bit; g = 1 - (d - min) / (max - min), the
-background at max depth), <split>/views.csv (the ground-truth view and
-light of every image, `read_views`) and <split>/generator.json (the
-settings, to recognise a complete split on a re-run). Each split is written
-to <split>.partial/ and renamed when complete. Every image is seeded from
-(seed, split index, image index) alone, so the files do not depend on the
-number of workers nor on the other splits' sizes, and an interrupted run
-resumes: complete splits are kept, a leftover <split>.partial/ is finished.
+<split>/depth/<i>_depth.png (16-bit grey in the `depth_png` convention: near
+is bright, the background at max depth black), <split>/views.csv (the
+ground-truth view and light of every image, `read_views`) and
+<split>/generator.json (the settings, to recognise a complete split on a
+re-run). Each split is written to <split>.partial/ and renamed when
+complete. Every image is seeded from (seed, split index, image index) alone,
+so the files do not depend on the number of workers nor on the other splits'
+sizes, and an interrupted run resumes: complete splits are kept, a leftover
+<split>.partial/ is finished.
 
 Workers render and encode (NumPy and Pillow) and never call TensorFlow, so
 forking a process that has TensorFlow loaded is safe.
@@ -51,6 +52,7 @@ import numpy as np
 from PIL import Image
 
 from tf_unsup3d import atomic_files
+from tf_unsup3d.data import depth_png
 
 MIN_DEPTH, MAX_DEPTH = 0.9, 1.1
 FOV = 10.0
@@ -83,20 +85,6 @@ def _rotation(rx, ry, rz):
   r_y = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
   r_z = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
   return r_z @ r_y @ r_x
-
-
-def encode_depth(depth, min_depth=MIN_DEPTH, max_depth=MAX_DEPTH):
-  """Depth `[H, W]` in scene units -> uint16 PNG values (DESIGN section 6)."""
-  depth = np.asarray(depth, np.float64)
-  g = 1.0 - (depth - min_depth) / (max_depth - min_depth)
-  return np.round(np.clip(g, 0.0, 1.0) * 65535).astype(np.uint16)
-
-
-def decode_depth(values, min_depth=MIN_DEPTH, max_depth=MAX_DEPTH):
-  """uint16 PNG values `[H, W]` -> depth in scene units."""
-  g = np.asarray(values, np.float64) / 65535.0
-  g = (1.0 - g) * 2.0 - 1.0
-  return min_depth + (g + 1.0) / 2.0 * (max_depth - min_depth)
 
 
 def encode_png(values):
@@ -440,7 +428,8 @@ def _render_task(task):
   image_path, depth_path = _paths(directory, index)
   atomic_files.write_bytes(
       image_path, encode_png(np.round(image * 255).astype(np.uint8)))
-  atomic_files.write_bytes(depth_path, encode_png(encode_depth(depth)))
+  atomic_files.write_bytes(depth_path, encode_png(
+      depth_png.encode(depth, MIN_DEPTH, MAX_DEPTH)))
   return index, tuple(view) + tuple(light)
 
 
