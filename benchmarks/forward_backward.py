@@ -4,7 +4,7 @@ r"""Forward + backward time of one training batch, and where it goes.
 
 Times, after one warm-up call, the median of `--steps` calls of:
   * full step: model forward + paper losses + gradients (graph mode, and
-    with XLA when --xla), the number the issue asks for;
+    with XLA when --xla), the time a training step spends;
   * baseline, networks only: the same five networks' forward + backward
     on a plain L1 loss, no rendering (the reference point for the ratio);
   * depth raster only: `Renderer.warp_canon_depth` forward on the 2B depth

@@ -142,8 +142,8 @@ def test_output_names_are_distinct_and_safe():
 
 
 def test_an_input_named_like_the_overview_page(tiny_model, tmp_path):
-  """`index.html.png` used to get the folder `index.html`, and writing the
-  page over that folder failed after every image was done."""
+  """Inputs named `index.html.png` and `index.png` get result folders other
+  than `index.html`, so the overview page is still written at the end."""
   folder = tmp_path / "in"
   folder.mkdir()
   pixels = np.random.default_rng(3).integers(0, 256, (64, 64, 3), np.uint8)

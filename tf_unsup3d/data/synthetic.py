@@ -60,8 +60,8 @@ ROT_CENTER_DEPTH = 1.0
 # The face's rim, canonical frame: at the rotation centre, the face in front
 # of it. The model's depth is tanh of a zero-mean map, so a face in front of
 # the centre needs its (unseen) surround behind; with the rim behind the
-# centre (1.05, as before), the surround had to come in front of the face,
-# and the model learnt yaw with the wrong sign (README, learning benchmark).
+# centre (e.g. 1.05), the surround has to come in front of the face, and the
+# model learns yaw with the wrong sign (README, learning benchmark).
 BASE_DEPTH = ROT_CENTER_DEPTH
 SPLITS = ("train", "val", "test")
 BACKGROUNDS = ("gradient", "texture")
