@@ -72,6 +72,25 @@ def test_write_bytes_failure_keeps_the_old_file(tmp_path):
   assert os.listdir(tmp_path) == ["a.bin"]
 
 
+def test_replacing_path_appears_only_when_the_block_succeeds(tmp_path):
+  path = tmp_path / "sub" / "w.weights.h5"
+  with atomic_files.replacing(str(path), suffix=".weights.h5") as tmp:
+    assert tmp.endswith(".weights.h5") and os.path.dirname(tmp) == str(
+        path.parent)
+    assert not path.exists()  # nothing visible while writing
+    with open(tmp, "wb") as f:
+      f.write(b"new")
+  assert path.read_bytes() == b"new"
+  assert os.listdir(path.parent) == ["w.weights.h5"]
+  with pytest.raises(RuntimeError):
+    with atomic_files.replacing(str(path)) as tmp:
+      with open(tmp, "wb") as f:
+        f.write(b"half")
+      raise RuntimeError("writer failed")
+  assert path.read_bytes() == b"new"  # the old file stays
+  assert os.listdir(path.parent) == ["w.weights.h5"]
+
+
 def test_encode_gif_round_trip():
   """Frame count and (palette-quantised) colours survive decoding."""
   t = np.linspace(0.0, 1.0, 5)

@@ -1,23 +1,36 @@
 """Atomic file writes: a reader sees the old file or the new one, never half."""
 
+import contextlib
 import os
 import tempfile
 
 
-def write_bytes(path, data):
-  """Writes `data` (bytes) to `path` through a private temporary file.
+@contextlib.contextmanager
+def replacing(path, suffix=".tmp"):
+  """Yields a private temporary path that replaces `path` on success.
 
-  The temporary name is unique, so concurrent writers of the same path (the
-  workers of one run) do not collide; the rename is atomic. On failure the
+  For writers that take a file name rather than bytes (Keras'
+  `save_weights`, `tf.io.TFRecordWriter`). The temporary file sits in the
+  same folder under a unique name ending in `suffix` (`save_weights` wants
+  '.weights.h5'), so concurrent writers of one path (the workers of one run)
+  do not collide and the rename is atomic. If the block raises, the
   temporary file is removed and `path` is left as it was.
   """
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+  fd, tmp = tempfile.mkstemp(dir=directory, suffix=suffix)
+  os.close(fd)
   try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
+    yield tmp
     os.replace(tmp, path)
   except BaseException:
-    os.unlink(tmp)
+    if os.path.exists(tmp):
+      os.unlink(tmp)
     raise
+
+
+def write_bytes(path, data):
+  """Writes `data` (bytes) to `path` through a private temporary file."""
+  with replacing(path) as tmp:
+    with open(tmp, "wb") as f:
+      f.write(data)

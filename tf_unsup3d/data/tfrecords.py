@@ -73,18 +73,17 @@ def convert_split(data_dir, output_dir, split, layout, num_shards,
   counts = {}
   for shard in range(num_shards):
     name = f"{split}-{shard:05d}-of-{num_shards:05d}.tfrecord"
-    path = os.path.join(output_dir, name)
-    tmp = path + ".tmp"
     counts[name] = 0
-    with tf.io.TFRecordWriter(tmp) as writer:
-      for entry in entries[shard::num_shards]:
-        feature = {key: _bytes(tf.io.read_file(p).numpy())
-                   for key, p in entry.items()}
-        feature["name"] = _bytes(os.path.basename(entry["image"]).encode())
-        example = tf.train.Example(features=tf.train.Features(feature=feature))
-        writer.write(example.SerializeToString())
-        counts[name] += 1
-    os.replace(tmp, path)
+    with atomic_files.replacing(os.path.join(output_dir, name)) as tmp:
+      with tf.io.TFRecordWriter(tmp) as writer:
+        for entry in entries[shard::num_shards]:
+          feature = {key: _bytes(tf.io.read_file(p).numpy())
+                     for key, p in entry.items()}
+          feature["name"] = _bytes(os.path.basename(entry["image"]).encode())
+          example = tf.train.Example(
+              features=tf.train.Features(feature=feature))
+          writer.write(example.SerializeToString())
+          counts[name] += 1
   record = {"split": split, "layout": layout, "num_records": len(entries),
             "shards": counts, "skipped": check.reasons}
   atomic_files.write_bytes(manifest, json.dumps(record, indent=1).encode())
