@@ -36,8 +36,8 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 from export.serving import client
+from tf_unsup3d import checkpoints
 from tf_unsup3d import configurable
-from tf_unsup3d import evaluate
 from tf_unsup3d import preprocessing
 
 IMAGES_SIGNATURE = client.IMAGES_SIGNATURE
@@ -243,11 +243,14 @@ def define_flags():
 
 def main(argv):
   del argv
-  configurable.parse_gin_flags(skip_unknown=("train", "generate_synthetic"))
+  # Training configs also bind the training loop, the data generator and the
+  # data pipeline, none of which the export loads.
+  configurable.parse_gin_flags(skip_unknown=("train", "generate_synthetic",
+                                             "make_dataset"))
   args = flags.FLAGS
   if not args.checkpoint or not args.output_dir:
     raise app.UsageError("--checkpoint and --output_dir are required.")
-  model = evaluate.load_model(args.checkpoint)
+  model = checkpoints.load_model(args.checkpoint)
   path = export_saved_model(model, args.output_dir, args.version,
                             args.overwrite, args.max_pixels, args.model_name)
   print(f"Exported {path} with signatures {', '.join(SIGNATURES)}")

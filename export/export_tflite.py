@@ -31,8 +31,8 @@ import numpy as np
 import tensorflow as tf
 
 from tf_unsup3d import atomic_files
+from tf_unsup3d import checkpoints
 from tf_unsup3d import configurable
-from tf_unsup3d import evaluate
 
 QUANTIZATIONS = ("none", "float16", "dynamic_int8")
 INFERENCE_OUTPUTS = ("canon_depth", "canon_albedo", "canon_normal",
@@ -291,11 +291,14 @@ def define_flags():
 
 def main(argv):
   del argv
-  configurable.parse_gin_flags(skip_unknown=("train", "generate_synthetic"))
+  # Training configs also bind the training loop, the data generator and the
+  # data pipeline, none of which the export loads.
+  configurable.parse_gin_flags(skip_unknown=("train", "generate_synthetic",
+                                             "make_dataset"))
   args = flags.FLAGS
   if not args.checkpoint or not args.output:
     raise app.UsageError("--checkpoint and --output are required.")
-  model = evaluate.load_model(args.checkpoint)
+  model = checkpoints.load_model(args.checkpoint)
   reference = None
   if args.validate_against:
     signature = tf.saved_model.load(

@@ -20,9 +20,8 @@ import tensorflow as tf
 
 from export import export_savedmodel
 from export import export_tflite
+from tf_unsup3d import checkpoints
 from tf_unsup3d import configurable
-from tf_unsup3d import evaluate
-from tf_unsup3d import model as model_lib
 
 
 def median_latency_ms(fn, runs):
@@ -57,10 +56,9 @@ def main(argv):
   for seed in seeds:
     tf.keras.utils.set_random_seed(seed)
     if args.checkpoint:
-      model = evaluate.load_model(args.checkpoint)
+      model = checkpoints.load_model(args.checkpoint)
     else:
-      model = model_lib.Unsup3D(vgg_weights=None)
-      model.build((None, model.image_size, model.image_size, 3))
+      model = checkpoints.build_model(vgg_weights=None)
     with tempfile.TemporaryDirectory() as tmp:
       path = export_savedmodel.export_saved_model(model, tmp)
       serving = tf.saved_model.load(path).signatures["serving_default"]

@@ -50,9 +50,9 @@ import tensorflow as tf
 import trimesh
 
 from tf_unsup3d import atomic_files
+from tf_unsup3d import checkpoints
 from tf_unsup3d import configurable
 from tf_unsup3d import cropping
-from tf_unsup3d import evaluate
 from tf_unsup3d import preprocessing
 from tf_unsup3d import visualization
 from tf_unsup3d.data import datasets
@@ -81,7 +81,7 @@ class Predictor:
 
   @classmethod
   def from_checkpoint(cls, checkpoint):
-    model = evaluate.load_model(checkpoint)
+    model = checkpoints.load_model(checkpoint)
     s = model.image_size
     predict = tf.function(lambda x: model(x, training=False), input_signature=[
         tf.TensorSpec([None, s, s, 3], tf.float32)])
