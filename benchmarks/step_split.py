@@ -50,7 +50,7 @@ from tf_unsup3d.rendering import sampling
 _GIN = flags.DEFINE_multi_string("gin_file", ["gin_configs/synthetic.gin"],
                                  "Config(s).")
 _PARAMS = flags.DEFINE_multi_string("gin_param", [], "Extra bindings.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Trained weights.")
+_CHECKPOINT = checkpoints.define_checkpoint_flag(without="random weights")
 _DATA = flags.DEFINE_string("data_dir", None, "Images (default: the gin "
                             "make_dataset.data_dir); random if none.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed calls per phase.")

@@ -227,8 +227,7 @@ def export_saved_model(model, output_dir, version=None, overwrite=False,
 def define_flags():
   """Command-line flags of the export CLI."""
   configurable.gin_flags()
-  flags.DEFINE_string("checkpoint", None, "A model_dir, a checkpoint prefix "
-                      "or a .weights.h5 file.")
+  checkpoints.define_checkpoint_flag()
   flags.DEFINE_string("output_dir", None, "Model base path: versions are its "
                       "integer sub-folders.")
   flags.DEFINE_integer("version", None, "Version to write (default: next "
@@ -243,10 +242,7 @@ def define_flags():
 
 def main(argv):
   del argv
-  # Training configs also bind the training loop, the data generator and the
-  # data pipeline, none of which the export loads.
-  configurable.parse_gin_flags(skip_unknown=("train", "generate_synthetic",
-                                             "make_dataset"))
+  configurable.parse_gin_flags(skip_unknown=configurable.TRAINING_PIPELINE)
   args = flags.FLAGS
   if not args.checkpoint or not args.output_dir:
     raise app.UsageError("--checkpoint and --output_dir are required.")

@@ -276,8 +276,7 @@ def parse_tolerances(values):
 def define_flags():
   """Command-line flags of the TFLite export CLI."""
   configurable.gin_flags()
-  flags.DEFINE_string("checkpoint", None, "A model_dir, a checkpoint prefix "
-                      "or a .weights.h5 file.")
+  checkpoints.define_checkpoint_flag()
   flags.DEFINE_string("output", None, "The .tflite file to write.")
   flags.DEFINE_enum("quantization", "none", list(QUANTIZATIONS),
                     "Weight quantization.")
@@ -291,10 +290,7 @@ def define_flags():
 
 def main(argv):
   del argv
-  # Training configs also bind the training loop, the data generator and the
-  # data pipeline, none of which the export loads.
-  configurable.parse_gin_flags(skip_unknown=("train", "generate_synthetic",
-                                             "make_dataset"))
+  configurable.parse_gin_flags(skip_unknown=configurable.TRAINING_PIPELINE)
   args = flags.FLAGS
   if not args.checkpoint or not args.output:
     raise app.UsageError("--checkpoint and --output are required.")

@@ -36,7 +36,7 @@ def median_latency_ms(fn, runs):
 
 def define_flags():
   configurable.gin_flags()
-  flags.DEFINE_string("checkpoint", None, "Optional trained weights.")
+  checkpoints.define_checkpoint_flag(without="random weights")
   flags.DEFINE_integer("runs", 20, "Timed calls per measurement.")
   flags.DEFINE_integer("seeds", 3, "Random-weight models (no checkpoint).")
   flags.DEFINE_integer("num_threads", None, "LiteRT interpreter threads.")
@@ -44,8 +44,7 @@ def define_flags():
 
 def main(argv):
   del argv
-  configurable.parse_gin_flags(skip_unknown=("train", "generate_synthetic",
-                                             "make_dataset"))
+  configurable.parse_gin_flags(skip_unknown=configurable.TRAINING_PIPELINE)
   args = flags.FLAGS
   rng = np.random.default_rng(0)
   images = np.concatenate([export_tflite.validation_images(count=2),

@@ -1,7 +1,8 @@
 """The configured model, built, and its checkpoints: find, check, load, save.
 
 Every program that runs a trained model (evaluation, export, the demo, the
-benchmarks) gets it from `load_model`; training restores and resumes with
+benchmarks) gets it from `load_model`, named by the --checkpoint flag of
+`define_checkpoint_flag`; training restores and resumes with
 `newest_intact_checkpoint` and `restore_model` and writes its last weights
 with `save_final_weights`.
 """
@@ -10,11 +11,16 @@ import glob
 import os
 import re
 
+from absl import flags
 from absl import logging
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from tf_unsup3d import model as model_lib
+
+# Flags defined here (`define_checkpoint_flag`) belong to the program that
+# defines them, so that its --helpshort lists them.
+flags.disclaim_key_flags()
 
 _WEIGHTS_SUFFIX = ".weights.h5"
 
@@ -304,3 +310,20 @@ def load_model(checkpoint):
   logging.info("Loaded %s", path)
   return model
 
+
+def define_checkpoint_flag(without=None):
+  """Defines --checkpoint, the weights a program loads with `load_model`.
+
+  Args:
+    without: what the program uses when the flag is not given, for the
+      help text; None for programs that require it (they check it).
+
+  Returns:
+    The flag's `FlagHolder`.
+  """
+  help_text = ("A model_dir of tf_unsup3d.train, a ckpt-N prefix or a "
+               ".weights.h5 file (with the --gin_file the model was "
+               "trained with).")
+  if without:
+    help_text += f" Optional: without it, {without}."
+  return flags.DEFINE_string("checkpoint", None, help_text)

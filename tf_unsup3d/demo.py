@@ -315,8 +315,7 @@ def define_flags():
   configurable.gin_flags()
   flags.DEFINE_string("input", None, "An image file or a folder of images.")
   flags.DEFINE_string("output_dir", None, "Where to write the results.")
-  flags.DEFINE_string("checkpoint", None, "A model_dir, a checkpoint prefix "
-                      "or a .weights.h5 (with the model's --gin_file).")
+  checkpoints.define_checkpoint_flag()
   flags.DEFINE_string("saved_model", None, "An exported SavedModel version "
                       "folder (export.export_savedmodel), instead.")
   flags.DEFINE_integer("num_frames", 16, "Frames per turntable.")
@@ -338,7 +337,7 @@ def main(argv):
   except (ImportError, OSError, cropping.BoxError) as e:
     raise app.UsageError(str(e)) from None
   if args.checkpoint:
-    configurable.parse_gin_flags(skip_unknown=("train", "generate_synthetic"))
+    configurable.parse_gin_flags(skip_unknown=configurable.TRAINING_PIPELINE)
     predictor = Predictor.from_checkpoint(args.checkpoint)
   else:
     predictor = Predictor.from_saved_model(args.saved_model)

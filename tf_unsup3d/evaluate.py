@@ -140,8 +140,7 @@ def write_scores(path, results):
 def define_flags():
   """Command-line flags of the evaluation CLI."""
   configurable.gin_flags()
-  flags.DEFINE_string("checkpoint", None, "A model_dir, a checkpoint prefix "
-                      "or a .weights.h5 file.")
+  checkpoints.define_checkpoint_flag()
   flags.DEFINE_string("split", "test", "Split to evaluate.")
   flags.DEFINE_string("output_dir", None, "Where to write scores (default: "
                       "the model_dir or the checkpoint's directory).")
@@ -150,8 +149,7 @@ def define_flags():
 
 def main(argv):
   del argv
-  # Training configs also bind the training loop and the data generator.
-  configurable.parse_gin_flags(skip_unknown=("train", "generate_synthetic"))
+  configurable.parse_gin_flags(skip_unknown=configurable.TRAINING_PIPELINE)
   args = flags.FLAGS
   if not args.checkpoint:
     raise app.UsageError("--checkpoint is required.")

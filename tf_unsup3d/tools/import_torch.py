@@ -283,9 +283,7 @@ def main(argv):
   if not args.gin_file:
     raise app.UsageError("Give the config the checkpoint was trained with: "
                          "--gin_file=gin_configs/<name>.gin")
-  # Training configs also bind the data pipeline and the training loop.
-  configurable.parse_gin_flags(
-      skip_unknown=("train", "generate_synthetic", "make_dataset"))
+  configurable.parse_gin_flags(skip_unknown=configurable.TRAINING_PIPELINE)
   try:
     model, written = import_checkpoint(
         args.checkpoint, args.output_dir,
