@@ -33,11 +33,11 @@ import tensorflow as tf
 from tf_unsup3d import atomic_files
 from tf_unsup3d import checkpoints
 from tf_unsup3d import configurable
+from tf_unsup3d import model as model_lib
 
 QUANTIZATIONS = ("none", "float16", "dynamic_int8")
-INFERENCE_OUTPUTS = ("canon_depth", "canon_albedo", "canon_normal",
-                     "canon_diffuse_shading", "canon_image", "light",
-                     "light_direction", "view")
+INFERENCE_OUTPUTS = tuple(model_lib.FACTORS)
+
 
 def _abs(out, ref):
   return np.abs(out - ref)
