@@ -38,7 +38,7 @@ import tf_unsup3d  # noqa: F401  (sets TF_ENABLE_ONEDNN_OPTS before TF loads)
 import tensorflow as tf
 
 import learning_report as report_lib  # benchmarks/, the script's folder
-from tf_unsup3d import evaluate as evaluate_lib
+from tf_unsup3d import checkpoints
 from tf_unsup3d import gin_configs
 from tf_unsup3d import train as train_lib
 
@@ -119,7 +119,7 @@ def main(argv):
     # After train(), which generates the synthetic data when it is absent.
     test = test or report_lib.load_test_split(
         gin.query_parameter("make_dataset.data_dir"))
-    model = evaluate_lib.load_model(summary["final_weights"])
+    model = checkpoints.load_model(summary["final_weights"])
     stage, context = report_lib.measure_stage(
         model, test, summary, budget, trained, _lam_flip_start_epoch())
     run["stages"].append(stage)

@@ -41,9 +41,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_unsup3d import evaluate as evaluate_lib
+from tf_unsup3d import checkpoints
 from tf_unsup3d import gin_configs
-from tf_unsup3d import model as model_lib
 from tf_unsup3d import train as train_lib  # noqa: F401  (registers train.*)
 from tf_unsup3d.data import datasets
 from tf_unsup3d.rendering import sampling
@@ -51,7 +50,7 @@ from tf_unsup3d.rendering import sampling
 _GIN = flags.DEFINE_multi_string("gin_file", ["gin_configs/synthetic.gin"],
                                  "Config(s).")
 _PARAMS = flags.DEFINE_multi_string("gin_param", [], "Extra bindings.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Trained weights.")
+_CHECKPOINT = checkpoints.define_checkpoint_flag(without="random weights")
 _DATA = flags.DEFINE_string("data_dir", None, "Images (default: the gin "
                             "make_dataset.data_dir); random if none.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed calls per phase.")
@@ -96,10 +95,9 @@ def main(argv):
       skip_unknown=True)
   batch = gin.query_parameter("train.batch_size")
   if _CHECKPOINT.value:
-    model = evaluate_lib.load_model(_CHECKPOINT.value)
+    model = checkpoints.load_model(_CHECKPOINT.value)
   else:
-    model = model_lib.Unsup3D()
-    model.build((None, model.image_size, model.image_size, 3))
+    model = checkpoints.build_model()
   size = model.image_size
   x = _images(batch, size)
   variables = model.trainable_variables

@@ -36,8 +36,9 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 from export.serving import client
+from tf_unsup3d import checkpoints
 from tf_unsup3d import configurable
-from tf_unsup3d import evaluate
+from tf_unsup3d import model as model_lib
 from tf_unsup3d import preprocessing
 
 IMAGES_SIGNATURE = client.IMAGES_SIGNATURE
@@ -45,29 +46,12 @@ BYTES_SIGNATURE = client.BYTES_SIGNATURE
 SIGNATURES = (IMAGES_SIGNATURE, BYTES_SIGNATURE)
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
-# Output name -> (shape, meaning). N images of S = 64 pixels.
-OUTPUTS = {
-    "canon_depth": ("[N, S, S]", "canonical (frontal) depth, scene units in "
-                    "[min_depth, max_depth]"),
-    "canon_albedo": ("[N, S, S, 3]", "canonical albedo in [0, 1]"),
-    "canon_normal": ("[N, S, S, 3]", "unit normals of the canonical depth, "
-                     "camera frame x right, y down, z away from the camera"),
-    "canon_diffuse_shading": ("[N, S, S, 1]", "max(0, n . l) in [0, 1]"),
-    "canon_image": ("[N, S, S, 3]", "albedo x (ambient + diffuse x shading), "
-                    "about [0, 1]"),
-    "light": ("[N, 4]", "ambient, diffuse strength, light dx, dy in [-1, 1]"),
-    "light_direction": ("[N, 3]", "unit vector normalise(dx, dy, 1)"),
-    "view": ("[N, 6]", "rx, ry, rz (radians), tx, ty, tz (scene units)"),
-    "conf_sigma_l1": ("[N, S, S, 2]", "photometric confidence sigma > 0 "
-                      "(original, mirrored); only with use_conf_map"),
-    "conf_sigma_perc": ("[N, S/4, S/4, 2]", "perceptual confidence sigma > 0; "
-                        "only with use_conf_map"),
-    "recon_image": ("[N, S, S, 3]", "reconstruction in the input view, [0, 1]"
-                    " (0.5 where recon_mask is 0)"),
-    "recon_depth": ("[N, S, S]", "depth in the input view, background at "
-                    "max_depth + (max_depth - min_depth) / 2"),
-    "recon_mask": ("[N, S, S]", "1 where the reconstruction is valid"),
-}
+# Output name -> (shape, values): the model's (`model.OUTPUTS`, B = N
+# images) but three that only training uses, the depth before its border is
+# set and the mirrored branch's reconstructions.
+OUTPUTS = {k: v for k, v in model_lib.OUTPUTS.items()
+           if k not in ("canon_depth_unbordered", "recon_image_flip",
+                        "recon_depth_flip")}
 
 
 def _select_outputs(outputs):
@@ -227,8 +211,7 @@ def export_saved_model(model, output_dir, version=None, overwrite=False,
 def define_flags():
   """Command-line flags of the export CLI."""
   configurable.gin_flags()
-  flags.DEFINE_string("checkpoint", None, "A model_dir, a checkpoint prefix "
-                      "or a .weights.h5 file.")
+  checkpoints.define_checkpoint_flag()
   flags.DEFINE_string("output_dir", None, "Model base path: versions are its "
                       "integer sub-folders.")
   flags.DEFINE_integer("version", None, "Version to write (default: next "
@@ -243,11 +226,11 @@ def define_flags():
 
 def main(argv):
   del argv
-  configurable.parse_gin_flags(skip_unknown=("train", "generate_synthetic"))
+  configurable.parse_gin_flags(skip_unknown=configurable.TRAINING_PIPELINE)
   args = flags.FLAGS
   if not args.checkpoint or not args.output_dir:
     raise app.UsageError("--checkpoint and --output_dir are required.")
-  model = evaluate.load_model(args.checkpoint)
+  model = checkpoints.load_model(args.checkpoint)
   path = export_saved_model(model, args.output_dir, args.version,
                             args.overwrite, args.max_pixels, args.model_name)
   print(f"Exported {path} with signatures {', '.join(SIGNATURES)}")

@@ -31,13 +31,13 @@ import numpy as np
 import tensorflow as tf
 
 from tf_unsup3d import atomic_files
+from tf_unsup3d import checkpoints
 from tf_unsup3d import configurable
-from tf_unsup3d import evaluate
+from tf_unsup3d import model as model_lib
 
 QUANTIZATIONS = ("none", "float16", "dynamic_int8")
-INFERENCE_OUTPUTS = ("canon_depth", "canon_albedo", "canon_normal",
-                     "canon_diffuse_shading", "canon_image", "light",
-                     "light_direction", "view")
+INFERENCE_OUTPUTS = tuple(model_lib.FACTORS)
+
 
 def _abs(out, ref):
   return np.abs(out - ref)
@@ -276,8 +276,7 @@ def parse_tolerances(values):
 def define_flags():
   """Command-line flags of the TFLite export CLI."""
   configurable.gin_flags()
-  flags.DEFINE_string("checkpoint", None, "A model_dir, a checkpoint prefix "
-                      "or a .weights.h5 file.")
+  checkpoints.define_checkpoint_flag()
   flags.DEFINE_string("output", None, "The .tflite file to write.")
   flags.DEFINE_enum("quantization", "none", list(QUANTIZATIONS),
                     "Weight quantization.")
@@ -291,11 +290,11 @@ def define_flags():
 
 def main(argv):
   del argv
-  configurable.parse_gin_flags(skip_unknown=("train", "generate_synthetic"))
+  configurable.parse_gin_flags(skip_unknown=configurable.TRAINING_PIPELINE)
   args = flags.FLAGS
   if not args.checkpoint or not args.output:
     raise app.UsageError("--checkpoint and --output are required.")
-  model = evaluate.load_model(args.checkpoint)
+  model = checkpoints.load_model(args.checkpoint)
   reference = None
   if args.validate_against:
     signature = tf.saved_model.load(

@@ -20,9 +20,8 @@ import tensorflow as tf
 
 from export import export_savedmodel
 from export import export_tflite
+from tf_unsup3d import checkpoints
 from tf_unsup3d import configurable
-from tf_unsup3d import evaluate
-from tf_unsup3d import model as model_lib
 
 
 def median_latency_ms(fn, runs):
@@ -37,7 +36,7 @@ def median_latency_ms(fn, runs):
 
 def define_flags():
   configurable.gin_flags()
-  flags.DEFINE_string("checkpoint", None, "Optional trained weights.")
+  checkpoints.define_checkpoint_flag(without="random weights")
   flags.DEFINE_integer("runs", 20, "Timed calls per measurement.")
   flags.DEFINE_integer("seeds", 3, "Random-weight models (no checkpoint).")
   flags.DEFINE_integer("num_threads", None, "LiteRT interpreter threads.")
@@ -45,8 +44,7 @@ def define_flags():
 
 def main(argv):
   del argv
-  configurable.parse_gin_flags(skip_unknown=("train", "generate_synthetic",
-                                             "make_dataset"))
+  configurable.parse_gin_flags(skip_unknown=configurable.TRAINING_PIPELINE)
   args = flags.FLAGS
   rng = np.random.default_rng(0)
   images = np.concatenate([export_tflite.validation_images(count=2),
@@ -57,10 +55,9 @@ def main(argv):
   for seed in seeds:
     tf.keras.utils.set_random_seed(seed)
     if args.checkpoint:
-      model = evaluate.load_model(args.checkpoint)
+      model = checkpoints.load_model(args.checkpoint)
     else:
-      model = model_lib.Unsup3D(vgg_weights=None)
-      model.build((None, model.image_size, model.image_size, 3))
+      model = checkpoints.build_model(vgg_weights=None)
     with tempfile.TemporaryDirectory() as tmp:
       path = export_savedmodel.export_saved_model(model, tmp)
       serving = tf.saved_model.load(path).signatures["serving_default"]

@@ -62,7 +62,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_unsup3d import evaluate
+from tf_unsup3d import checkpoints
 from tf_unsup3d import losses
 from tf_unsup3d import model as model_lib
 from tf_unsup3d.rendering import renderer as renderer_lib
@@ -1261,7 +1261,7 @@ def test_cli_writes_what_evaluate_loads(reference, tmp_path):
   gin.parse_config_files_and_bindings([str(gin_file)], [], skip_unknown=True)
   try:
     for checkpoint in (output_dir, output_dir / "final.weights.h5"):
-      model = evaluate.load_model(str(checkpoint))
+      model = checkpoints.load_model(str(checkpoint))
       diffs = network_outputs_differ(model, reference.nets, reference.images)
       print(f"CLI {checkpoint.name}: max |diff| {max(diffs.values()):.2e}")
       assert max(diffs.values()) <= 1e-4, diffs

@@ -66,6 +66,24 @@ def test_outputs_have_documented_shapes_and_ranges():
   assert recon_depth.min() >= 0.8 - 1e-6 and recon_depth.max() <= 1.2 + 1e-6
 
 
+def test_outputs_are_the_documented_ones():
+  """`model.OUTPUTS` names every output of `call` with its shape, `FACTORS`
+  every output of `canonical_factors`; the confidence maps only with
+  use_conf_map."""
+  sizes = {"B": 2, "S": S, "S/4": S // 4}
+  shape = lambda text: tuple(int(d) if d.isdigit() else sizes[d]
+                             for d in text.strip("[]").split(", "))
+  model = tiny_model()
+  x = images()
+  for outputs, documented in ((model(x), model_lib.OUTPUTS),
+                              (model.canonical_factors(x), model_lib.FACTORS)):
+    assert ({k: tuple(v.shape) for k, v in outputs.items()} ==
+            {k: shape(text) for k, (text, _) in documented.items()})
+  without = tiny_model(use_conf_map=False)(x)
+  assert set(model_lib.OUTPUTS) - set(without) == {"conf_sigma_l1",
+                                                   "conf_sigma_perc"}
+
+
 def test_canonical_factors_are_the_first_half_of_call():
   """The inference half (no rasteriser) gives `call`'s canonical outputs."""
   model = tiny_model()

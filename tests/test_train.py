@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_unsup3d import evaluate as evaluate_lib
+from tf_unsup3d import checkpoints
 from tf_unsup3d import train as train_lib
 from tf_unsup3d.data import synthetic
 
@@ -174,7 +174,7 @@ def first_update(paired_data, tmp_path, devices):
           "train.learning_rate = 1.0", "train.adam_epsilon = 1.0"]))
   strategy = tf.distribute.MirroredStrategy(devices)
   train_lib.train(str(tmp_path), strategy)
-  model = evaluate_lib.load_model(str(tmp_path / "final.weights.h5"))
+  model = checkpoints.load_model(str(tmp_path / "final.weights.h5"))
   gin.clear_config()
   return [v.numpy() for v in model.trainable_variables]
 
@@ -330,7 +330,7 @@ def test_resume_skips_a_truncated_checkpoint_and_says_so_once(
   assert f"Resumed from {resumed} at step 2, epoch {epoch}." in out
   assert (out + err + logs).count("Resumed from") == 1
   # The run carried on: its new checkpoints are intact and loadable.
-  assert evaluate_lib.checkpoint_problem(
+  assert checkpoints.checkpoint_problem(
       os.path.join(model_dir, "checkpoints", "ckpt-6")) is None
 
 
@@ -346,12 +346,12 @@ def test_loading_falls_back_from_a_truncated_checkpoint(four_steps, paired_data,
   older = os.path.join(model_dir, "checkpoints", "ckpt-2")
   _configure(paired_data)
   try:
-    from_dir = evaluate_lib.load_model(model_dir)
-    from_older = evaluate_lib.load_model(older)
-    intact = evaluate_lib.load_model(
+    from_dir = checkpoints.load_model(model_dir)
+    from_older = checkpoints.load_model(older)
+    intact = checkpoints.load_model(
         os.path.join(four_steps, "checkpoints", "ckpt-4"))
-    with pytest.raises(evaluate_lib.CheckpointError) as error:
-      evaluate_lib.load_model(os.path.join(model_dir, "checkpoints", "ckpt-4"))
+    with pytest.raises(checkpoints.CheckpointError) as error:
+      checkpoints.load_model(os.path.join(model_dir, "checkpoints", "ckpt-4"))
   finally:
     gin.clear_config()
   for a, b in zip(_weights(from_dir), _weights(from_older)):
@@ -377,11 +377,11 @@ def test_a_differently_configured_checkpoint_is_refused(
   try:
     for checkpoint in (four_steps,
                        os.path.join(four_steps, "final.weights.h5")):
-      with pytest.raises(evaluate_lib.CheckpointError) as error:
-        evaluate_lib.load_model(checkpoint)
+      with pytest.raises(checkpoints.CheckpointError) as error:
+        checkpoints.load_model(checkpoint)
       assert culprit in str(error.value), str(error.value)
       assert checkpoint.split("/")[-1] in str(error.value)
-    with pytest.raises(evaluate_lib.CheckpointError, match=culprit):
+    with pytest.raises(checkpoints.CheckpointError, match=culprit):
       train_lib.train(four_steps, tf.distribute.OneDeviceStrategy("/cpu:0"))
   finally:
     gin.clear_config()
@@ -391,8 +391,8 @@ def test_a_differently_configured_checkpoint_is_refused(
 def test_the_training_config_loads_every_variable(four_steps, paired_data):
   _configure(paired_data)
   try:
-    from_checkpoint = evaluate_lib.load_model(four_steps)
-    from_weights = evaluate_lib.load_model(
+    from_checkpoint = checkpoints.load_model(four_steps)
+    from_weights = checkpoints.load_model(
         os.path.join(four_steps, "final.weights.h5"))
   finally:
     gin.clear_config()

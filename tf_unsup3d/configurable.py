@@ -9,6 +9,13 @@ import gin
 
 from tf_unsup3d import gin_configs
 
+# What a training config binds besides the model: the training loop, the
+# synthetic data generator and the data pipeline. Programs that load a model
+# from a training config skip the ones they do not import
+# (`parse_gin_flags(skip_unknown=TRAINING_PIPELINE)`); one they import (the
+# evaluation's `make_dataset`) keeps its bindings, checked like any other.
+TRAINING_PIPELINE = ("train", "generate_synthetic", "make_dataset")
+
 
 def _expected_type(default):
   """(accepted types, description) for a parameter, judged by its default.

@@ -50,9 +50,9 @@ import tensorflow as tf
 import trimesh
 
 from tf_unsup3d import atomic_files
+from tf_unsup3d import checkpoints
 from tf_unsup3d import configurable
 from tf_unsup3d import cropping
-from tf_unsup3d import evaluate
 from tf_unsup3d import preprocessing
 from tf_unsup3d import visualization
 from tf_unsup3d.data import datasets
@@ -82,7 +82,7 @@ class Predictor:
 
   @classmethod
   def from_checkpoint(cls, checkpoint):
-    model = evaluate.load_model(checkpoint)
+    model = checkpoints.load_model(checkpoint)
     s = model.image_size
     predict = tf.function(lambda x: model(x, training=False), input_signature=[
         tf.TensorSpec([None, s, s, 3], tf.float32)])
@@ -310,8 +310,7 @@ def define_flags():
   configurable.gin_flags()
   flags.DEFINE_string("input", None, "An image file or a folder of images.")
   flags.DEFINE_string("output_dir", None, "Where to write the results.")
-  flags.DEFINE_string("checkpoint", None, "A model_dir, a checkpoint prefix "
-                      "or a .weights.h5 (with the model's --gin_file).")
+  checkpoints.define_checkpoint_flag()
   flags.DEFINE_string("saved_model", None, "An exported SavedModel version "
                       "folder (export.export_savedmodel), instead.")
   flags.DEFINE_integer("num_frames", 16, "Frames per turntable.")
@@ -333,7 +332,7 @@ def main(argv):
   except (ImportError, OSError, cropping.BoxError) as e:
     raise app.UsageError(str(e)) from None
   if args.checkpoint:
-    configurable.parse_gin_flags(skip_unknown=("train", "generate_synthetic"))
+    configurable.parse_gin_flags(skip_unknown=configurable.TRAINING_PIPELINE)
     predictor = Predictor.from_checkpoint(args.checkpoint)
   else:
     predictor = Predictor.from_saved_model(args.saved_model)

@@ -12,26 +12,28 @@ average ground-truth depth of the split. Writes per-image scores
 """
 
 import csv
-import glob
 import os
-import re
 
 from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import trackable_object_graph_pb2
 
+from tf_unsup3d import checkpoints
 from tf_unsup3d import configurable
 from tf_unsup3d import metrics
-from tf_unsup3d import model as model_lib
 from tf_unsup3d.data import datasets
 
 METHODS = ("model", "null_depth", "average_gt_depth")
 # SIDE; MAD as the exact angle; MAD as the reference computes it (the
 # convention of the paper's Table 2, metrics.mean_angle_deviation_acos).
 METRICS = ("side", "mad", "mad_acos")
+
+# The checkpoint names tf_unsup3d.train takes from this module.
+CheckpointError = checkpoints.CheckpointError
+newest_intact_checkpoint = checkpoints.newest_intact_checkpoint
+restore_model = checkpoints.restore_model
 
 
 def score_batch(renderer, depth_gt, recon_depth, reference_depth):
@@ -135,268 +137,10 @@ def write_scores(path, results):
   os.replace(tmp, path)
 
 
-class CheckpointError(ValueError):
-  """A checkpoint that is unreadable or does not fit the configured model."""
-
-
-# The gin settings that shape each network's variables: where to look when a
-# checkpoint's variables do not fit the configured model.
-_NET_SETTINGS = {
-    "net_depth": "Unsup3D.nf, Unsup3D.zdim",
-    "net_albedo": "Unsup3D.nf, Unsup3D.zdim",
-    "net_light": "Unsup3D.light_view_nf",
-    "net_view": "Unsup3D.light_view_nf",
-    "net_conf": "Unsup3D.use_conf_map, Unsup3D.nf, Unsup3D.conf_zdim",
-}
-_USE_TRAINING_CONFIG = ("Load it with the gin files and --gin_param bindings it "
-                     "was trained with.")
-
-
-def _net_of(variable_path):
-  """The `Unsup3D` network ('net_depth', ...) a variable path belongs to."""
-  return next((p for p in variable_path.split("/") if p in _NET_SETTINGS),
-              "other")
-
-
-def _mismatch_hint(nets):
-  settings = sorted({_NET_SETTINGS.get(n, "the Unsup3D settings")
-                     for n in nets})
-  return (f"Probably a setting differs from training: {'; '.join(settings)}. "
-          + _USE_TRAINING_CONFIG)
-
-
-def checkpoint_step(prefix):
-  """The step number N of a `.../ckpt-N` prefix (-1 if it has none)."""
-  match = re.search(r"-(\d+)$", prefix)
-  return int(match.group(1)) if match else -1
-
-
-def checkpoint_prefixes(directory):
-  """Checkpoint prefixes in `directory`, newest (highest step) first.
-
-  Both those the `checkpoint` state file lists and those with an `.index`
-  file on disk: a damaged state file hides none.
-  """
-  state = tf.train.get_checkpoint_state(directory)
-  listed = list(state.all_model_checkpoint_paths) if state else []
-  on_disk = [p[:-len(".index")]
-             for p in glob.glob(os.path.join(glob.escape(directory),
-                                             "*.index"))]
-  prefixes = {os.path.normpath(os.path.join(directory, p))
-              for p in listed + on_disk}
-  return sorted(prefixes, key=lambda p: (checkpoint_step(p), p), reverse=True)
-
-
-def checkpoint_problem(prefix):
-  """Why the checkpoint at `prefix` cannot be read, or None if it is intact.
-
-  Reads every tensor, so truncation and bit rot (the bundle's checksums)
-  show up here rather than halfway through a restore.
-  """
-  index = prefix + ".index"
-  if not os.path.isfile(index):
-    return f"{index} is missing"
-  data = sorted(glob.glob(glob.escape(prefix) + ".data-*"))
-  if not data:
-    return f"its data file {prefix}.data-* is missing"
-  try:
-    reader = tf.train.load_checkpoint(prefix)
-  except (tf.errors.OpError, ValueError) as e:
-    return f"{index} is unreadable ({e})"
-  try:
-    for key in reader.get_variable_to_shape_map():
-      reader.get_tensor(key)
-  except (tf.errors.OpError, IndexError, ValueError) as e:
-    return (f"data file {', '.join(data)} is truncated or corrupt "
-            f"({type(e).__name__}: {e})")
-  return None
-
-
-def newest_intact_checkpoint(directory):
-  """(newest readable prefix or None, [(unreadable newer prefix, reason)])."""
-  problems = []
-  for prefix in checkpoint_prefixes(directory):
-    problem = checkpoint_problem(prefix)
-    if problem is None:
-      return prefix, problems
-    problems.append((prefix, problem))
-  return None, problems
-
-
-def _subtree(view, node_id):
-  """Node ids reachable from `node_id` in a `CheckpointView`, itself included."""
-  seen, stack = set(), [node_id]
-  while stack:
-    node = stack.pop()
-    if node not in seen:
-      seen.add(node)
-      stack += view.children(node).values()
-  return seen
-
-
-def _compare_with_model(path, model, required):
-  """How the checkpoint's model differs from `model`, before reading it.
-
-  Returns:
-    (missing: `required` variables with no value in the checkpoint,
-     reshaped: [(variable, checkpoint shape)] whose shapes differ,
-     unused: names of top-level parts of the checkpoint's model that
-     `model` lacks).
-  """
-  view = tf.train.CheckpointView(path)
-  matched = view.match(tf.train.Checkpoint(model=model))
-  reader = tf.train.load_checkpoint(path)
-  shapes = reader.get_variable_to_shape_map()
-  graph = trackable_object_graph_pb2.TrackableObjectGraph.FromString(
-      reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
-  wanted = {id(v) for v in required}
-  found, reshaped = set(), []
-  for node_id, obj in matched.items():
-    if id(obj) in wanted:
-      found.add(id(obj))
-      shape = tuple(shapes[graph.nodes[node_id].attributes[0].checkpoint_key])
-      if shape != tuple(obj.shape):
-        reshaped.append((obj, shape))
-  missing = [v for v in required if id(v) not in found]
-  root = view.children(0)
-  parts = view.children(root["model"]) if "model" in root else {}
-  unused = [name for name, node_id in parts.items()
-            if any(graph.nodes[n].attributes and n not in matched
-                   for n in _subtree(view, node_id))]
-  return missing, reshaped, sorted(unused)
-
-
-def restore_model(checkpoint, path, model):
-  """Reads `path` into `checkpoint`, requiring every variable of `model`.
-
-  Args:
-    checkpoint: a `tf.train.Checkpoint` holding `model` as `model` (and
-      possibly an optimizer, counters).
-    path: a checkpoint prefix.
-    model: the built `Unsup3D`. Its frozen VGG16 is not required (it comes
-      from its own weights file and is not trained).
-
-  Returns:
-    The load status: what else must match (optimizer slots, counters) is the
-    caller's to assert.
-
-  Raises:
-    CheckpointError: naming the variables the checkpoint lacks or holds in
-      another shape, and the gin settings that shape them. Nothing is read
-      then.
-  """
-  frozen = {id(v) for v in (model.vgg.variables if model.vgg else [])}
-  required = [v for v in model.variables if id(v) not in frozen]
-  missing, reshaped, unused = _compare_with_model(path, model, required)
-  problems, nets = [], set()
-  if missing:
-    nets.update(_net_of(v.path) for v in missing)
-    count = lambda vs, n: sum(_net_of(v.path) == n for v in vs)
-    whole = sorted(n for n in nets
-                   if n != "other" and count(missing, n) == count(required, n))
-    problems.append(
-        f"it lacks {len(missing)} of the configured model's {len(required)} "
-        f"variables, e.g. {', '.join(v.path for v in missing[:3])}" +
-        (f" (it has no {' and no '.join(whole)} at all)" if whole else ""))
-  if reshaped:
-    nets.update(_net_of(v.path) for v, _ in reshaped)
-    problems.append(
-        f"{len(reshaped)} variables have other shapes, e.g. " + ", ".join(
-            f"{v.path} {shape} in the checkpoint, {tuple(v.shape)} configured"
-            for v, shape in reshaped[:3]))
-  if problems:
-    raise CheckpointError(f"{path} does not fit the configured model: "
-                          f"{'; '.join(problems)}. {_mismatch_hint(nets)}")
-  if unused:
-    logging.warning(
-        "%s holds weights of model parts the configured model does not "
-        "have (%s): they are ignored. %s", path, ", ".join(unused),
-        _mismatch_hint(unused))
-  return checkpoint.read(path)
-
-
-def _load_weights_file(model, path):
-  """`model.load_weights(path)` with an error that says what differs."""
-  try:
-    model.load_weights(path)
-  except OSError as e:  # h5py: truncated, or not an HDF5 file
-    raise CheckpointError(f"{path} is unreadable: {e}") from None
-  except ValueError as e:
-    # Keras names the layers it could not load; map them to our networks.
-    text = str(e)
-    nets = [name for name in _NET_SETTINGS
-            if getattr(model, name, None) is not None and any(
-                f"name={layer.name}," in text
-                for layer in getattr(model, name)._flatten_layers())]  # pylint: disable=protected-access
-    count = re.search(r"A total of (\d+) objects could not be loaded", text)
-    what = (f"Keras could not load {count.group(1)} of its layers" if count
-            else f"Keras: {text.strip()}")
-    where = f" (in {', '.join(nets)})" if nets else ""
-    raise CheckpointError(
-        f"{path} does not fit the configured model: {what}{where}. "
-        f"{_mismatch_hint(nets or ['other'])}") from None
-
-
-def load_model(checkpoint):
-  """Builds the gin-configured model and loads `checkpoint` into it.
-
-  Args:
-    checkpoint: a model_dir of `tf_unsup3d.train` (its newest intact
-      checkpoint is used: newer unreadable ones are skipped with a warning),
-      a `ckpt-N` prefix or a `.weights.h5` file.
-
-  Raises:
-    FileNotFoundError: nothing to load there.
-    CheckpointError: the checkpoint is unreadable, or it does not hold every
-      variable of the configured model (a config mismatch, e.g.
-      `Unsup3D.use_conf_map` or `Unsup3D.nf`), so a random model is never
-      returned.
-  """
-  model = model_lib.Unsup3D()
-  model.build((None, model.image_size, model.image_size, 3))
-  if checkpoint.endswith(".weights.h5"):
-    _load_weights_file(model, checkpoint)
-    logging.info("Loaded %s", checkpoint)
-    return model
-  path = checkpoint
-  if os.path.isdir(checkpoint):
-    folder = os.path.join(checkpoint, "checkpoints")
-    path, problems = newest_intact_checkpoint(folder)
-    for prefix, problem in problems:
-      logging.warning("Skipping checkpoint %s: %s.", prefix, problem)
-    if path is None and problems:
-      raise CheckpointError(
-          f"No readable checkpoint in {folder}: " + "; ".join(
-              f"{p}: {r}" for p, r in problems))
-    if path is None:
-      raise FileNotFoundError(
-          f"No checkpoint in {folder}; pass --checkpoint=a model_dir of "
-          "tf_unsup3d.train, a ckpt-N prefix or a .weights.h5.")
-    if problems:
-      logging.warning("Loading %s, the newest intact checkpoint.", path)
-  else:
-    if not os.path.isfile(path + ".index"):
-      raise FileNotFoundError(
-          f"No checkpoint {path} ({path}.index does not exist); pass a "
-          "model_dir, a ckpt-N prefix or a .weights.h5.")
-    problem = checkpoint_problem(path)
-    if problem:
-      intact, _ = newest_intact_checkpoint(os.path.dirname(path) or ".")
-      fix = (f" The newest intact one there is {intact}: pass "
-             f"--checkpoint={intact}." if intact else "")
-      raise CheckpointError(f"Checkpoint {path} is unreadable: {problem}."
-                            + fix)
-  # Optimizer slots and counters of a training checkpoint stay unread.
-  restore_model(tf.train.Checkpoint(model=model), path, model).expect_partial()
-  logging.info("Loaded %s", path)
-  return model
-
-
 def define_flags():
   """Command-line flags of the evaluation CLI."""
   configurable.gin_flags()
-  flags.DEFINE_string("checkpoint", None, "A model_dir, a checkpoint prefix "
-                      "or a .weights.h5 file.")
+  checkpoints.define_checkpoint_flag()
   flags.DEFINE_string("split", "test", "Split to evaluate.")
   flags.DEFINE_string("output_dir", None, "Where to write scores (default: "
                       "the model_dir or the checkpoint's directory).")
@@ -405,13 +149,12 @@ def define_flags():
 
 def main(argv):
   del argv
-  # Training configs also bind the training loop and the data generator.
-  configurable.parse_gin_flags(skip_unknown=("train", "generate_synthetic"))
+  configurable.parse_gin_flags(skip_unknown=configurable.TRAINING_PIPELINE)
   args = flags.FLAGS
   if not args.checkpoint:
     raise app.UsageError("--checkpoint is required.")
   try:
-    model = load_model(args.checkpoint)
+    model = checkpoints.load_model(args.checkpoint)
     dataset, info = datasets.make_dataset(args.split, training=False,
                                           batch_size=args.batch_size)
     if "depth" not in dataset.element_spec:

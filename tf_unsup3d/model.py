@@ -23,29 +23,79 @@ def _rescale(x, low, high):
   return low + (x + 1.0) / 2.0 * (high - low)
 
 
+# The canonical factors, `Unsup3D.canonical_factors`' outputs and the first
+# of `Unsup3D.call`'s: name -> (shape, values), B images of S pixels.
+FACTORS = {
+    "canon_depth": ("[B, S, S]", "canonical (frontal) depth, scene units in "
+                    "[min_depth, max_depth]; the two leftmost and rightmost "
+                    "columns at border_depth"),
+    "canon_albedo": ("[B, S, S, 3]", "canonical albedo in [0, 1]"),
+    "canon_normal": ("[B, S, S, 3]", "unit normals of the canonical depth, "
+                     "camera frame x right, y down, z away from the camera"),
+    "canon_diffuse_shading": ("[B, S, S, 1]", "max(0, n . l) in [0, 1]"),
+    "canon_image": ("[B, S, S, 3]", "albedo x (ambient + diffuse x shading), "
+                    "about [0, 1] (shading above 1 can exceed it)"),
+    "light": ("[B, 4]", "ambient, diffuse strength (in their ranges), light "
+              "dx, dy in [-1, 1]"),
+    "light_direction": ("[B, 3]", "unit vector normalise(dx, dy, 1)"),
+    "view": ("[B, 6]", "rx, ry, rz (radians), tx, ty, tz (scene units)"),
+}
+
+# Every output of `Unsup3D.call`: name -> (shape, values).
+OUTPUTS = {
+    **FACTORS,
+    "canon_depth_unbordered": ("[B, S, S]", "canon_depth before its border "
+                               "columns are set (the smoothness loss's)"),
+    "conf_sigma_l1": ("[B, S, S, 2]", "photometric confidence sigma > 0 "
+                      "(original, mirrored); only with use_conf_map"),
+    "conf_sigma_perc": ("[B, S/4, S/4, 2]", "perceptual confidence sigma > 0 "
+                        "(original, mirrored); only with use_conf_map"),
+    "recon_image": ("[B, S, S, 3]", "reconstruction in the input view, [0, 1]"
+                    " (0.5 where recon_mask is 0)"),
+    "recon_image_flip": ("[B, S, S, 3]", "the same from the mirrored "
+                         "factors"),
+    "recon_depth": ("[B, S, S]", "depth in the input view, background at "
+                    "max_depth + (max_depth - min_depth) / 2"),
+    "recon_depth_flip": ("[B, S, S]", "the same from the mirrored factors"),
+    "recon_mask": ("[B, S, S]", "{0, 1}: 1 where both reconstructions are "
+                   "valid (no gradient)"),
+}
+
+
+def _to_unit(x):
+  """Maps network range [-1, 1] onto [0, 1]."""
+  return (x + 1.0) / 2.0
+
+
+def _named_factors(canon_depth, canon_albedo, shaded, view):
+  """The canonical factors under their output names (`FACTORS`).
+
+  Args:
+    canon_depth: `[B, S, S]` canonical depth in scene units.
+    canon_albedo: `[B, S, S, 3]` albedo in [-1, 1] (network range).
+    shaded: `Unsup3D.shade`'s dict for these B images.
+    view: `[B, 6]` decoded view (`Unsup3D.decode_view`).
+  """
+  return {
+      "canon_depth": canon_depth,
+      "canon_albedo": _to_unit(canon_albedo),
+      "canon_normal": shaded["normal"],
+      "canon_diffuse_shading": shaded["diffuse_shading"],
+      "canon_image": _to_unit(shaded["canon_image"]),
+      "light": shaded["light"],
+      "light_direction": shaded["light_direction"],
+      "view": view,
+  }
+
+
 @keras_configurable
 class Unsup3D(keras.Model):
   """Predicts depth, albedo, light and view from one image and renders them back.
 
   `model(images)` takes `[B, S, S, 3]` images in [0, 1] (float, or uint8 in
-  [0, 255]) and returns a dict of tensors (B images, mirrored branch apart):
-
-  | key | shape | values |
-  | --- | --- | --- |
-  | canon_depth | [B, S, S] | scene units, [min_depth, max_depth] (border columns: border_depth) |
-  | canon_depth_unbordered | [B, S, S] | the same before the border is fixed (smoothness loss) |
-  | canon_albedo | [B, S, S, 3] | [0, 1] |
-  | canon_normal | [B, S, S, 3] | unit vectors, pointing away from the camera |
-  | canon_diffuse_shading | [B, S, S, 1] | max(0, n . l) in [0, 1] |
-  | canon_image | [B, S, S, 3] | [0, 1] (shading above 1 can exceed it) |
-  | light | [B, 4] | ambient, diffuse (in their ranges), light dx, dy in [-1, 1] |
-  | light_direction | [B, 3] | unit normalise(dx, dy, 1) |
-  | view | [B, 6] | rx, ry, rz radians; tx, ty, tz scene units |
-  | conf_sigma_l1 | [B, S, S, 2] | > 0; channel 0 original, 1 mirrored branch |
-  | conf_sigma_perc | [B, S/4, S/4, 2] | > 0 (only when use_conf_map) |
-  | recon_image, recon_image_flip | [B, S, S, 3] | [0, 1], 0.5 outside recon_mask |
-  | recon_depth, recon_depth_flip | [B, S, S] | scene units, max_depth + m as background |
-  | recon_mask | [B, S, S] | {0, 1}: valid in both branches, no gradient |
+  [0, 255]) and returns a dict of tensors, the module's `OUTPUTS` (names,
+  shapes and values); `canonical_factors(images)` returns `FACTORS`, the
+  first of them, without rendering.
 
   Every hyper-parameter below is a gin-configurable constructor argument
   whose default is the paper's (CelebA setting, DESIGN section 6).
@@ -173,20 +223,40 @@ class Unsup3D(keras.Model):
     border = tf.constant([1.0] * 2 + [0.0] * (s - 4) + [1.0] * 2)
     return depth, depth * (1.0 - border) + border * self.border_depth
 
+  def _predict(self, images, training, confidence):
+    """The networks' predictions for `images`, in float32.
+
+    Args:
+      images: `[B, S, S, 3]` in [0, 1] (float, or uint8 in [0, 255]).
+      training: passed to the networks.
+      confidence: also run the confidence network, if the model has one.
+
+    Returns:
+      (factors, outputs). factors: the `reconstruct` arguments `canon_depth`
+      `[B, S, S]` in scene units, and in network range [-1, 1] albedo
+      `[B, S, S, 3]`, light `[B, 4]` and view `[B, 6]`. outputs: the
+      `OUTPUTS` of `call` that come from the networks alone,
+      `canon_depth_unbordered` and, with `confidence`, `conf_sigma_l1` and
+      `conf_sigma_perc`.
+    """
+    x = self._check_images(images) * 2.0 - 1.0
+    # Networks may compute in a mixed-precision policy; geometry is float32.
+    run = lambda net: tf.nest.map_structure(
+        lambda t: tf.cast(t, tf.float32), net(x, training=training))
+    unbordered, depth = self._canonical_depth(run(self.net_depth)[..., 0])
+    factors = (depth, run(self.net_albedo), run(self.net_light),
+               run(self.net_view))
+    outputs = {"canon_depth_unbordered": unbordered}
+    if confidence and self.use_conf_map:
+      outputs["conf_sigma_l1"], outputs["conf_sigma_perc"] = run(
+          self.net_conf)
+    return factors, outputs
+
   def call(self, images, training=False):
     with tf.name_scope("unsup3d"):
-      x = self._check_images(images) * 2.0 - 1.0
-      # Networks may compute in a mixed-precision policy; geometry is float32.
-      run = lambda net: tf.nest.map_structure(
-          lambda t: tf.cast(t, tf.float32), net(x, training=training))
-      unbordered, depth = self._canonical_depth(run(self.net_depth)[..., 0])
-      outputs = self.reconstruct(depth, run(self.net_albedo),
-                                 run(self.net_light), run(self.net_view))
-      outputs["canon_depth_unbordered"] = unbordered
-      if self.use_conf_map:
-        sigma_l1, sigma_perc = run(self.net_conf)
-        outputs["conf_sigma_l1"] = sigma_l1
-        outputs["conf_sigma_perc"] = sigma_perc
+      factors, predicted = self._predict(images, training, confidence=True)
+      outputs = self.reconstruct(*factors)
+      outputs.update(predicted)
       return outputs
 
   def shade(self, canon_depth, canon_albedo, light):
@@ -234,26 +304,13 @@ class Unsup3D(keras.Model):
       images: `[B, S, S, 3]` in [0, 1] (float, or uint8 in [0, 255]).
 
     Returns:
-      Dict with `canon_depth`, `canon_albedo` ([0, 1]), `canon_normal`,
-      `canon_diffuse_shading`, `canon_image` ([0, 1]), `light`,
-      `light_direction` and `view`, as `call` returns them.
+      Dict of the `FACTORS`, as `call` returns them.
     """
     with tf.name_scope("canonical_factors"):
-      x = self._check_images(images) * 2.0 - 1.0
-      run = lambda net: tf.cast(net(x, training=training), tf.float32)
-      _, depth = self._canonical_depth(run(self.net_depth)[..., 0])
-      albedo = run(self.net_albedo)
-      shaded = self.shade(depth, albedo, run(self.net_light))
-      return {
-          "canon_depth": depth,
-          "canon_albedo": (albedo + 1.0) / 2.0,
-          "canon_normal": shaded["normal"],
-          "canon_diffuse_shading": shaded["diffuse_shading"],
-          "canon_image": (shaded["canon_image"] + 1.0) / 2.0,
-          "light": shaded["light"],
-          "light_direction": shaded["light_direction"],
-          "view": self.decode_view(run(self.net_view)),
-      }
+      (depth, albedo, light, view), _ = self._predict(images, training,
+                                                      confidence=False)
+      return _named_factors(depth, albedo, self.shade(depth, albedo, light),
+                            self.decode_view(view))
 
   def reconstruct(self, canon_depth, canon_albedo, light, view):
     """Renders predicted factors into the input view (no weights involved).
@@ -282,22 +339,17 @@ class Unsup3D(keras.Model):
       recon_mask = tf.stop_gradient(valid[:batch] * valid[batch:])
       recon_image = recon_image * tf.tile(recon_mask, [2, 1, 1])[..., None]
 
-      to01 = lambda t: (t + 1.0) / 2.0
-      return {
-          "canon_depth": canon_depth,
-          "canon_albedo": to01(canon_albedo),
-          "canon_normal": shaded["normal"][:batch],
-          "canon_diffuse_shading": shaded["diffuse_shading"][:batch],
-          "canon_image": to01(canon_image[:batch]),
-          "light": shaded["light"][:batch],
-          "light_direction": shaded["light_direction"][:batch],
-          "view": view2[:batch],
-          "recon_image": to01(recon_image[:batch]),
-          "recon_image_flip": to01(recon_image[batch:]),
+      outputs = _named_factors(
+          canon_depth, canon_albedo,
+          {k: v[:batch] for k, v in shaded.items()}, view2[:batch])
+      outputs.update({
+          "recon_image": _to_unit(recon_image[:batch]),
+          "recon_image_flip": _to_unit(recon_image[batch:]),
           "recon_depth": recon_depth[:batch],
           "recon_depth_flip": recon_depth[batch:],
           "recon_mask": recon_mask,
-      }
+      })
+      return outputs
 
   def compute_losses(self, images, outputs, lam_flip=None,
                      reduce_denominator=None, lam_depth_sm=None):

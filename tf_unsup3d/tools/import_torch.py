@@ -30,8 +30,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_unsup3d import checkpoints
 from tf_unsup3d import configurable
-from tf_unsup3d import model as model_lib
 from tf_unsup3d import networks
 from tf_unsup3d.tools import torch_reader
 
@@ -244,7 +244,7 @@ def import_checkpoint(checkpoint, output_dir, **limits):
     (model, dict of the written paths and the reference `epoch`).
   """
   state = load_reference_checkpoint(checkpoint, **limits)
-  model = model_lib.Unsup3D()
+  model = checkpoints.build_model()
   convert_state_dicts(model, state)
   epoch = state.get("epoch")
   number = (epoch if isinstance(epoch, int) and not isinstance(epoch, bool)
@@ -254,9 +254,7 @@ def import_checkpoint(checkpoint, output_dir, **limits):
       max_to_keep=None)
   prefix = manager.save(checkpoint_number=number)
   weights = os.path.join(output_dir, "final.weights.h5")
-  tmp = os.path.join(output_dir, "final.tmp.weights.h5")
-  model.save_weights(tmp)
-  os.replace(tmp, weights)
+  checkpoints.save_final_weights(model, weights)
   return model, {"checkpoint": prefix, "weights": weights, "epoch": epoch}
 
 
@@ -285,9 +283,7 @@ def main(argv):
   if not args.gin_file:
     raise app.UsageError("Give the config the checkpoint was trained with: "
                          "--gin_file=gin_configs/<name>.gin")
-  # Training configs also bind the data pipeline and the training loop.
-  configurable.parse_gin_flags(
-      skip_unknown=("train", "generate_synthetic", "make_dataset"))
+  configurable.parse_gin_flags(skip_unknown=configurable.TRAINING_PIPELINE)
   try:
     model, written = import_checkpoint(
         args.checkpoint, args.output_dir,
