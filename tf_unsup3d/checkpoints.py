@@ -16,6 +16,7 @@ from absl import logging
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
+from tf_unsup3d import atomic_files
 from tf_unsup3d import model as model_lib
 
 # Flags defined here (`define_checkpoint_flag`) belong to the program that
@@ -43,16 +44,13 @@ def build_model(**overrides):
 def save_final_weights(model, path):
   """Writes `model`'s weights to `path` (a `.weights.h5`) atomically.
 
-  Keras writes to `<name>.tmp.weights.h5` beside it (Keras requires the
-  suffix), which is then renamed: a crash never leaves a half-written
-  `path` for `load_model` to read.
+  A crash never leaves a half-written `path` for `load_model` to read.
   """
   if not path.endswith(_WEIGHTS_SUFFIX):
     raise ValueError(f"{path}: Keras saves weights only to a "
                      f"'{_WEIGHTS_SUFFIX}' file.")
-  tmp = path[:-len(_WEIGHTS_SUFFIX)] + ".tmp" + _WEIGHTS_SUFFIX
-  model.save_weights(tmp)
-  os.replace(tmp, path)
+  with atomic_files.replacing(path, suffix=_WEIGHTS_SUFFIX) as tmp:
+    model.save_weights(tmp)
 
 
 class CheckpointError(ValueError):

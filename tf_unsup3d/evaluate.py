@@ -20,6 +20,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from tf_unsup3d import atomic_files
 from tf_unsup3d import checkpoints
 from tf_unsup3d import configurable
 from tf_unsup3d import metrics
@@ -126,15 +127,14 @@ def format_table(results, paper=True):
 
 def write_scores(path, results):
   """Per-image CSV: index, then every metric of every method (atomic write)."""
-  tmp = path + ".tmp"
-  with open(tmp, "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["index"] + [f"{m}_{k}" for m in results
-                                 for k in METRICS])
-    for i in range(len(results["model"]["side"])):
-      writer.writerow([i] + [f"{results[m][k][i]:.6f}" for m in results
-                             for k in METRICS])
-  os.replace(tmp, path)
+  with atomic_files.replacing(path) as tmp:
+    with open(tmp, "w", newline="") as f:
+      writer = csv.writer(f)
+      writer.writerow(["index"] + [f"{m}_{k}" for m in results
+                                   for k in METRICS])
+      for i in range(len(results["model"]["side"])):
+        writer.writerow([i] + [f"{results[m][k][i]:.6f}" for m in results
+                               for k in METRICS])
 
 
 def define_flags():
