@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_unsup3d import model as model_lib
+from tf_unsup3d import value_ranges
 
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Images per batch.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed calls per measurement.")
@@ -63,7 +64,7 @@ def main(argv):
 
   def networks_step(x):
     with tf.GradientTape() as tape:
-      x1 = x * 2.0 - 1.0
+      x1 = value_ranges.to_signed(x)
       outputs = tf.nest.flatten([net(x1, training=True) for net in nets])
       total = tf.add_n([tf.reduce_mean(tf.abs(o)) for o in outputs])
     return total, tape.gradient(total, variables)

@@ -44,6 +44,7 @@ import tensorflow as tf
 from tf_unsup3d import checkpoints
 from tf_unsup3d import gin_configs
 from tf_unsup3d import train as train_lib  # noqa: F401  (registers train.*)
+from tf_unsup3d import value_ranges
 from tf_unsup3d.data import datasets
 from tf_unsup3d.rendering import sampling
 
@@ -124,7 +125,7 @@ def main(argv):
   @tf.function
   def networks(x):
     with tf.GradientTape() as tape:
-      outputs = tf.nest.flatten([net(x * 2.0 - 1.0, training=True)
+      outputs = tf.nest.flatten([net(value_ranges.to_signed(x), training=True)
                                  for net in nets])
       total = tf.add_n([tf.reduce_mean(tf.cast(o, tf.float32))
                         for o in outputs])
@@ -145,7 +146,8 @@ def main(argv):
          rng.uniform(-0.05, 0.05, (batch, 3))], axis=1), tf.float32)
   depth = tf.concat([depth, tf.reverse(depth, [2])], axis=0)
   view = tf.tile(view, [2, 1])
-  canon_image = tf.tile(outputs["canon_image"] * 2.0 - 1.0, [2, 1, 1, 1])
+  canon_image = tf.tile(value_ranges.to_signed(outputs["canon_image"]),
+                        [2, 1, 1, 1])
 
   visibility = tf.function(lambda d, v: renderer.warp_canon_depth(
       tf.stop_gradient(d), v))

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from tf_unsup3d import losses
 from tf_unsup3d import networks
+from tf_unsup3d import value_ranges
 from tf_unsup3d.rendering import renderer as renderer_lib
 from tf_unsup3d.rendering import sampling
 from tf_unsup3d.rendering import shading
@@ -62,11 +63,6 @@ OUTPUTS = {
 }
 
 
-def _to_unit(x):
-  """Maps network range [-1, 1] onto [0, 1]."""
-  return (x + 1.0) / 2.0
-
-
 def _named_factors(canon_depth, canon_albedo, shaded, view):
   """The canonical factors under their output names (`FACTORS`).
 
@@ -78,10 +74,10 @@ def _named_factors(canon_depth, canon_albedo, shaded, view):
   """
   return {
       "canon_depth": canon_depth,
-      "canon_albedo": _to_unit(canon_albedo),
+      "canon_albedo": value_ranges.to_unit(canon_albedo),
       "canon_normal": shaded["normal"],
       "canon_diffuse_shading": shaded["diffuse_shading"],
-      "canon_image": _to_unit(shaded["canon_image"]),
+      "canon_image": value_ranges.to_unit(shaded["canon_image"]),
       "light": shaded["light"],
       "light_direction": shaded["light_direction"],
       "view": view,
@@ -239,7 +235,7 @@ class Unsup3D(keras.Model):
       `canon_depth_unbordered` and, with `confidence`, `conf_sigma_l1` and
       `conf_sigma_perc`.
     """
-    x = self._check_images(images) * 2.0 - 1.0
+    x = value_ranges.to_signed(self._check_images(images))
     # Networks may compute in a mixed-precision policy; geometry is float32.
     run = lambda net: tf.nest.map_structure(
         lambda t: tf.cast(t, tf.float32), net(x, training=training))
@@ -284,7 +280,8 @@ class Unsup3D(keras.Model):
       return {
           "normal": normal,
           "diffuse_shading": diffuse_shading,
-          "canon_image": (canon_albedo + 1.0) / 2.0 * shading_map * 2.0 - 1.0,
+          "canon_image": value_ranges.to_signed(
+              value_ranges.to_unit(canon_albedo) * shading_map),
           "light": tf.concat([tf.stack([ambient, diffuse], -1), light[:, 2:]],
                              axis=-1),
           "light_direction": light_dir,
@@ -343,8 +340,8 @@ class Unsup3D(keras.Model):
           canon_depth, canon_albedo,
           {k: v[:batch] for k, v in shaded.items()}, view2[:batch])
       outputs.update({
-          "recon_image": _to_unit(recon_image[:batch]),
-          "recon_image_flip": _to_unit(recon_image[batch:]),
+          "recon_image": value_ranges.to_unit(recon_image[:batch]),
+          "recon_image_flip": value_ranges.to_unit(recon_image[batch:]),
           "recon_depth": recon_depth[:batch],
           "recon_depth_flip": recon_depth[batch:],
           "recon_mask": recon_mask,
@@ -377,9 +374,9 @@ class Unsup3D(keras.Model):
       lam_flip = self.lam_flip if lam_flip is None else lam_flip
       reduce_denominator = reduce_denominator or (lambda d: d)
       ratio = lambda sums: sums[0] / reduce_denominator(sums[1])
-      x = self._check_images(images) * 2.0 - 1.0
-      recon = outputs["recon_image"] * 2.0 - 1.0
-      recon_flip = outputs["recon_image_flip"] * 2.0 - 1.0
+      x = value_ranges.to_signed(self._check_images(images))
+      recon = value_ranges.to_signed(outputs["recon_image"])
+      recon_flip = value_ranges.to_signed(outputs["recon_image_flip"])
       mask = outputs["recon_mask"]
       sigma = outputs.get("conf_sigma_l1")
       sigma_perc = outputs.get("conf_sigma_perc")

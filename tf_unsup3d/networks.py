@@ -9,6 +9,7 @@ Inputs are channels-last images in [-1, 1]; the architecture needs 64x64.
 
 import os
 
+from tf_unsup3d import value_ranges
 from tf_unsup3d.configurable import keras_configurable
 from tf_unsup3d.tools import torch_reader
 import keras
@@ -197,7 +198,7 @@ _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 
 def torch_preprocess(images):
   """[-1, 1] RGB -> torchvision's VGG input: [0, 1], ImageNet mean/std."""
-  x = (images + 1.0) / 2.0
+  x = value_ranges.to_unit(images)
   return (x - tf.constant(_TORCH_MEAN)) / tf.constant(_TORCH_STD)
 
 

@@ -7,6 +7,7 @@ import PIL.Image
 import tensorflow as tf
 
 from tf_unsup3d import atomic_files
+from tf_unsup3d import value_ranges
 
 
 def depth_to_rgb(depth, min_depth, max_depth):
@@ -40,7 +41,7 @@ def normal_to_rgb(normal):
   """
   with tf.name_scope("normal_to_rgb"):
     flipped = normal * tf.constant([1.0, -1.0, -1.0])
-    return tf.clip_by_value((flipped + 1.0) / 2.0, 0.0, 1.0)
+    return tf.clip_by_value(value_ranges.to_unit(flipped), 0.0, 1.0)
 
 
 def gray_to_rgb(image, low=0.0, high=1.0):
