@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 
 import gin
 import keras
@@ -192,10 +193,6 @@ def test_two_replicas_match_one_device(paired_data, tmp_path):
     np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
 
 
-if __name__ == "__main__":
-  raise SystemExit(pytest.main([__file__]))
-
-
 def test_cosine_schedule_and_budget_fraction():
   assert train_lib.cosine_schedule(1.0, 0.0, 0.0) == 1.0
   assert train_lib.cosine_schedule(1.0, 0.0, 1.0) == pytest.approx(0.0)
@@ -209,6 +206,169 @@ def test_cosine_schedule_and_budget_fraction():
   assert train_lib.budget_fraction(50, 90.0, 200, max_steps=100,
                                    max_seconds=100.0) == pytest.approx(0.9)
   assert train_lib.budget_fraction(500, 10.0, 200) == 1.0
+
+
+def test_schedules_follow_the_budget_and_check_their_settings():
+  constant = train_lib.Schedules(1e-3, lam_depth_sm=0.5)
+  assert constant.at(0.0) == constant.at(0.7) == (1e-3, 0.5)
+  cosine = train_lib.Schedules(1e-3, "cosine", 0.1, lam_depth_sm=1.0,
+                               final_lam_depth_sm=0.2)
+  assert cosine.at(0.0) == pytest.approx((1e-3, 1.0))
+  assert cosine.at(0.5) == pytest.approx((0.55e-3, 0.6))
+  assert cosine.at(1.0) == pytest.approx((1e-4, 0.2))
+  with pytest.raises(ValueError, match="'constant' or 'cosine', got 'step'"):
+    train_lib.Schedules(1e-3, "step")
+  with pytest.raises(ValueError, match="needs Unsup3D.lam_depth_sm > 0"):
+    train_lib.Schedules(1e-3, lam_depth_sm=0.0, final_lam_depth_sm=0.1)
+
+
+def test_the_flip_terms_weigh_one_before_their_start_epoch():
+  late = train_lib.Schedules(1e-4, lam_flip=0.5, lam_flip_start_epoch=2)
+  assert [late.lam_flip_at(e) for e in range(5)] == [1.0, 1.0, 0.5, 0.5, 0.5]
+  at_once = train_lib.Schedules(1e-4, lam_flip=0.5)
+  assert at_once.lam_flip_at(0) == 0.5
+
+
+def test_a_resumed_epoch_skips_the_batches_it_trained_on():
+  # 4 steps an epoch.
+  assert train_lib.batches_to_skip(0, 0, 4) == 0
+  assert train_lib.batches_to_skip(6, 1, 4) == 2   # killed mid-epoch 2
+  assert train_lib.batches_to_skip(8, 2, 4) == 0   # after epoch 2 closed
+  # Stopped by the budget at epoch 2's last step, before closing it.
+  assert train_lib.batches_to_skip(8, 1, 4) == 4
+  # Counters off the current split's size (it grew or shrank since).
+  assert train_lib.batches_to_skip(3, 1, 4) == 0
+  assert train_lib.batches_to_skip(20, 1, 4) == 4
+
+
+class _Clock:
+  """A settable stand-in for time.perf_counter."""
+
+  def __init__(self, now=100.0):
+    self.now = now
+
+  def __call__(self):
+    return self.now
+
+
+def test_the_budget_runs_out_at_max_steps_or_max_seconds():
+  clock = _Clock()
+  budget = train_lib.Budget(200, max_steps=100, max_seconds=60.0, clock=clock)
+  assert budget.seconds() == 0.0 and budget.fraction(50) == 0.5
+  assert not budget.spent(99) and budget.spent(100)
+  assert budget.steps_spent(100) and not budget.steps_spent(99)
+  clock.now += 60.0
+  assert not budget.spent(10)  # the limit itself is still within budget
+  clock.now += 1.0
+  assert budget.spent(10) and not budget.steps_spent(10)
+  assert budget.fraction(10) == 1.0
+  unlimited = train_lib.Budget(200, clock=clock)
+  clock.now += 1e6
+  assert not unlimited.spent(10**6) and unlimited.fraction(50) == 0.25
+
+
+class _StandIns:
+  """A `Runner` on stand-in parts: a training step that records what it was
+  given and a checkpoint manager that records what it saved, no model."""
+
+  def __init__(self, steps_per_epoch=4, num_epochs=3, step=0, epoch=0,
+               checkpoint_every_steps=3, max_steps=None, max_seconds=None,
+               lam_flip_start_epoch=1, loss=1.0):
+    self.trained, self.saved, self.validated = [], [], []
+    self.clock = _Clock()
+    self.loss = loss
+    self.checkpoint = types.SimpleNamespace(
+        step=tf.Variable(step, dtype=tf.int64),
+        epoch=tf.Variable(epoch, dtype=tf.int64),
+        optimizer=types.SimpleNamespace(learning_rate=tf.Variable(0.0)))
+    manager = types.SimpleNamespace(save=self._save, latest_checkpoint="ckpt")
+    data = types.SimpleNamespace(
+        train=[{"index": i} for i in range(steps_per_epoch)], val="val",
+        steps_per_epoch=steps_per_epoch)
+    logs = types.SimpleNamespace(write_step=lambda *args: None,
+                                 write_images=lambda step: None,
+                                 validate=self._validate)
+    schedules = train_lib.Schedules(
+        1e-3, "cosine", 0.0, lam_flip=0.5,
+        lam_flip_start_epoch=lam_flip_start_epoch)
+    budget = train_lib.Budget(num_epochs * steps_per_epoch, max_steps,
+                              max_seconds, clock=self.clock)
+    self.runner = train_lib.Runner(
+        self.checkpoint, manager, data, self._train_step, schedules, budget,
+        logs, num_epochs=num_epochs, batch_size=2,
+        checkpoint_every_steps=checkpoint_every_steps)
+
+  def _train_step(self, batch, lam_flip, lam_depth_sm):
+    del lam_depth_sm
+    self.trained.append((int(self.checkpoint.epoch.numpy()), batch["index"],
+                         float(lam_flip),
+                         float(self.checkpoint.optimizer.learning_rate)))
+    self.clock.now += 1.0
+    return ({"total": tf.constant(self.loss)}, tf.zeros([2, 6]),
+            tf.zeros([2, 4]))
+
+  def _save(self, checkpoint_number):
+    assert checkpoint_number == int(self.checkpoint.step.numpy())
+    self.saved.append((checkpoint_number, int(self.checkpoint.epoch.numpy())))
+
+  def _validate(self, val_data, step):
+    assert val_data == "val"
+    self.validated.append(step)
+    return {"val/step": step}
+
+
+def test_a_run_trains_every_batch_and_saves_each_state_once():
+  run = _StandIns()
+  run.runner.run()
+  run.runner.save_last()
+  assert [(e, i) for e, i, _, _ in run.trained] == [
+      (e, i) for e in range(3) for i in range(4)]
+  assert [f for _, _, f, _ in run.trained] == [1.0] * 4 + [0.5] * 8
+  # Every 3 steps and after every epoch (step 12 twice: the epoch counter
+  # differs); the end of the run does not save its last state again.
+  assert run.saved == [(3, 0), (4, 1), (6, 1), (8, 2), (9, 2), (12, 2),
+                       (12, 3)]
+  assert run.validated == [4, 8, 12] and run.runner.val_scores == {
+      "val/step": 12}
+  # Each step ran at the learning rate of the budget spent before it.
+  np.testing.assert_allclose(
+      [lr for _, _, _, lr in run.trained],
+      [train_lib.cosine_schedule(1e-3, 0.0, k / 12) for k in range(12)],
+      rtol=1e-6)
+  assert run.runner.learning_rate == pytest.approx(
+      train_lib.cosine_schedule(1e-3, 0.0, 11 / 12))
+  assert run.runner.last_terms == {"total": 1.0}
+
+
+def test_a_resumed_run_trains_the_rest_of_its_epoch():
+  run = _StandIns(step=6, epoch=1, max_steps=10)
+  run.runner.run()
+  run.runner.save_last()
+  assert [(e, i) for e, i, _, _ in run.trained] == [
+      (1, 2), (1, 3), (2, 0), (2, 1)]
+  # Stopped within epoch 3 by max_steps: saved once, the epoch still open.
+  assert run.saved == [(8, 2), (9, 2), (10, 2)]
+  assert run.runner.start_step == 6 and run.runner.step == 10
+
+
+def test_a_run_stops_when_its_time_is_spent():
+  run = _StandIns(max_seconds=5.5)  # each stand-in step takes 1 s
+  run.runner.run()
+  run.runner.save_last()
+  assert len(run.trained) == 6 and run.saved == [(3, 0), (4, 1), (6, 1)]
+
+
+def test_a_run_resumed_at_its_step_budget_trains_nothing_and_saves_once():
+  run = _StandIns(step=5, epoch=1, max_steps=5)
+  run.runner.run()
+  run.runner.save_last()
+  assert run.trained == [] and run.saved == [(5, 1)]
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_last_checkpoint():
+  run = _StandIns(loss=float("nan"))
+  with pytest.raises(FloatingPointError, match="at step 1;.* is ckpt"):
+    run.runner.run()
 
 
 @pytest.mark.slow
@@ -478,3 +638,7 @@ def test_an_interrupted_automatic_generation_is_finished_by_the_next_run(
         with open(os.path.join(reference, split, sub, name), "rb") as a, \
             open(os.path.join(data_dir, split, sub, name), "rb") as b:
           assert a.read() == b.read(), (split, name)
+
+
+if __name__ == "__main__":
+  raise SystemExit(pytest.main([__file__]))

@@ -10,11 +10,13 @@ against a second run (model_dir/train.lock). Writes TensorBoard logs
 the final weights (model_dir/final.weights.h5).
 """
 
+import dataclasses
 import fcntl
 import functools
 import os
 import shutil
 import time
+from typing import Optional
 
 from absl import app
 from absl import flags
@@ -205,6 +207,531 @@ def budget_fraction(step, seconds, total_steps, max_steps=None,
   return min(max(fractions), 1.0)
 
 
+class Budget:
+  """What a run may spend: its epochs, max_steps in total and max_seconds of
+  its own time, counted from the budget's creation on `clock`.
+
+  Args:
+    total_steps: steps of all epochs, >= 0.
+    max_steps: stop at this step (counted over resumed runs too), or None.
+    max_seconds: stop once this run has trained this long, or None.
+    clock: seconds, monotonic (`time.perf_counter`).
+  """
+
+  def __init__(self, total_steps, max_steps=None, max_seconds=None,
+               clock=time.perf_counter):
+    self.total_steps = total_steps
+    self.max_steps = max_steps
+    self.max_seconds = max_seconds
+    self._clock = clock
+    self._start = clock()
+
+  def seconds(self):
+    """Seconds since the budget was created."""
+    return self._clock() - self._start
+
+  def fraction(self, step):
+    """`budget_fraction` at `step`, now: in [0, 1]."""
+    return budget_fraction(step, self.seconds(), self.total_steps,
+                           self.max_steps, self.max_seconds)
+
+  def steps_spent(self, step):
+    """Whether `step` has reached max_steps."""
+    return self.max_steps is not None and step >= self.max_steps
+
+  def spent(self, step):
+    """Whether `step` has reached max_steps or the time is over."""
+    out_of_time = (self.max_seconds is not None and
+                   self.seconds() > self.max_seconds)
+    return self.steps_spent(step) or out_of_time
+
+
+def batches_to_skip(step, epoch, steps_per_epoch):
+  """Batches of epoch `epoch` (0-based) that the first `step` steps trained.
+
+  A run resumed mid-epoch skips them: each epoch's pipeline replays the same
+  batches (`datasets.EpochDatasets`). In [0, steps_per_epoch].
+  """
+  return min(max(step - epoch * steps_per_epoch, 0), steps_per_epoch)
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedules:
+  """The learning rate and loss weights along a run.
+
+  The fields are `train`'s arguments of the same names, and `Unsup3D`'s
+  lam_depth_sm (>= 0) and lam_flip.
+  """
+
+  learning_rate: float
+  learning_rate_schedule: str = "constant"
+  final_learning_rate_ratio: float = 0.0
+  lam_depth_sm: float = 0.0
+  final_lam_depth_sm: Optional[float] = None
+  lam_flip: float = 0.5
+  lam_flip_start_epoch: int = 0
+
+  def __post_init__(self):
+    if self.learning_rate_schedule not in ("constant", "cosine"):
+      raise ValueError("train.learning_rate_schedule must be 'constant' or "
+                       f"'cosine', got {self.learning_rate_schedule!r}.")
+    if self.final_lam_depth_sm is not None and self.lam_depth_sm <= 0:
+      raise ValueError("train.final_lam_depth_sm needs Unsup3D.lam_depth_sm "
+                       "> 0 (the term is not computed otherwise).")
+
+  def at(self, fraction):
+    """(learning rate, depth-prior weight) with `fraction` of the budget
+    spent, fraction in [0, 1]."""
+    learning_rate = self.learning_rate
+    if self.learning_rate_schedule == "cosine":
+      learning_rate = cosine_schedule(
+          self.learning_rate,
+          self.learning_rate * self.final_learning_rate_ratio, fraction)
+    lam_depth_sm = self.lam_depth_sm
+    if self.final_lam_depth_sm is not None:
+      lam_depth_sm = cosine_schedule(self.lam_depth_sm,
+                                     self.final_lam_depth_sm, fraction)
+    return learning_rate, lam_depth_sm
+
+  def lam_flip_at(self, epoch):
+    """The flip terms' weight in epoch `epoch` (0-based)."""
+    return 1.0 if epoch < self.lam_flip_start_epoch else self.lam_flip
+
+
+def new_model():
+  """A built `Unsup3D` as gin configures it, for `[B, S, S, 3]` images."""
+  model = model_lib.Unsup3D()
+  model.build((None, model.image_size, model.image_size, 3))
+  return model
+
+
+def build_model_and_optimizer(strategy, learning_rate=1e-4, adam_epsilon=1e-8,
+                              mixed_precision=False):
+  """The training state, created in `strategy`'s scope.
+
+  Args:
+    strategy: a `tf.distribute.Strategy`.
+    learning_rate: Adam's initial step size, > 0.
+    adam_epsilon: Adam's epsilon, > 0; betas are (0.9, 0.999).
+    mixed_precision: create the networks in mixed bfloat16.
+
+  Returns:
+    A `tf.train.Checkpoint` of `model` (built `Unsup3D`), `optimizer` (Adam,
+    built on the model's trainable variables) and the int64 counters `step`
+    (steps trained) and `epoch` (epochs finished), both 0.
+  """
+  with strategy.scope():
+    # Layers take the global dtype policy when they are created.
+    policy = keras.mixed_precision.global_policy()
+    if mixed_precision:
+      keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+      model = new_model()
+    finally:
+      keras.mixed_precision.set_global_policy(policy)
+    optimizer = keras.optimizers.Adam(learning_rate, beta_1=0.9, beta_2=0.999,
+                                      epsilon=adam_epsilon)
+    optimizer.build(model.trainable_variables)
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+  return tf.train.Checkpoint(model=model, optimizer=optimizer, step=step,
+                             epoch=epoch)
+
+
+def restore(checkpoint, model_dir, output_dir, keep_checkpoints=3):
+  """Resumes `checkpoint` from model_dir/checkpoints (`resume`).
+
+  Every worker resumes from the chief's checkpoints (model_dir) and saves
+  to its own output_dir (`output_folder`).
+
+  Returns:
+    The `tf.train.CheckpointManager` of output_dir/checkpoints, keeping the
+    newest `keep_checkpoints`.
+  """
+  manager = tf.train.CheckpointManager(
+      checkpoint, os.path.join(output_dir, "checkpoints"), keep_checkpoints)
+  resume(checkpoint, checkpoint.model, os.path.join(model_dir, "checkpoints"))
+  return manager
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainData:
+  """The data of a run (`prepare_data`).
+
+  Attributes:
+    train: iterable, one distributed pipeline of the train split per
+      iteration, of the epoch the `epoch` counter names then.
+    val: the val split's batches (global batch size).
+    steps_per_epoch: whole global batches in one epoch, >= 1.
+    train_info, val_info: `make_dataset`'s info of each split.
+  """
+
+  train: datasets.EpochDatasets
+  val: tf.data.Dataset
+  steps_per_epoch: int
+  train_info: dict
+  val_info: dict
+
+
+def prepare_data(strategy, model_dir, current_epoch, batch_size=64, seed=0,
+                 generate_synthetic_data=False):
+  """Scans the train and val splits of gin's `make_dataset.data_dir`.
+
+  Args:
+    strategy: the `tf.distribute.Strategy` the train batches are split by.
+    model_dir: the run's folder (`make_dataset`'s check_cache_dir).
+    current_epoch: () -> the epoch a train pipeline starting now belongs to.
+    batch_size: global batch size, a multiple of the replica count.
+    seed: shuffling and flip seed; with the epoch it fixes an epoch's order.
+    generate_synthetic_data: first generate the synthetic dataset into the
+      data directory when one of its splits is missing.
+
+  Returns:
+    `TrainData`.
+  """
+  data_dir = gin.query_parameter("make_dataset.data_dir")
+  if generate_synthetic_data and not all(
+      os.path.isdir(os.path.join(data_dir, split))
+      for split in ("train", "val", "test")):
+    # The generator keeps complete splits and finishes interrupted ones.
+    logging.info("Splits missing in %s: generating the synthetic dataset.",
+                 data_dir)
+    generate_synthetic(data_dir)
+
+  _, train_info = datasets.make_dataset("train", training=True,
+                                        batch_size=batch_size,
+                                        check_cache_dir=model_dir)
+  steps_per_epoch = datasets.steps_per_epoch(train_info, batch_size)
+  replica_batch = batch_size // strategy.num_replicas_in_sync
+  if replica_batch * strategy.num_replicas_in_sync != batch_size:
+    raise ValueError(f"batch_size {batch_size} does not split evenly over "
+                     f"{strategy.num_replicas_in_sync} replicas.")
+  # One pipeline per epoch, its order and flips set by (seed, epoch), so the
+  # batches a resumed epoch skips are the ones it trained on.
+  train_data = datasets.EpochDatasets(
+      lambda epoch: strategy.distribute_datasets_from_function(
+          lambda ctx: datasets.make_dataset(
+              "train", training=True,
+              batch_size=ctx.get_per_replica_batch_size(batch_size),
+              check_cache_dir=model_dir, input_context=ctx, seed=seed,
+              epoch=epoch, log_skipped=False)[0]),
+      current_epoch)
+  val_data, val_info = datasets.make_dataset("val", training=False,
+                                             batch_size=batch_size,
+                                             check_cache_dir=model_dir)
+  return TrainData(train_data, val_data, steps_per_epoch, train_info,
+                   val_info)
+
+
+def make_train_step(model, optimizer, strategy, weight_decay=5e-4,
+                    jit_compile=False):
+  """One optimiser step on a distributed batch, as a `tf.function`.
+
+  Args:
+    model: a built `Unsup3D`, created in `strategy`'s scope.
+    optimizer: a Keras optimizer built on `model.trainable_variables`; its
+      learning rate is read at each step.
+    strategy: the `tf.distribute.Strategy` the batches are distributed by.
+    weight_decay: L2 weight decay added to the gradient before the update
+      (PyTorch's Adam `weight_decay`, not AdamW), >= 0.
+    jit_compile: compile each replica's forward and backward pass with XLA
+      (with more than one replica a warning says it is not applied).
+
+  Returns:
+    `step(batch, lam_flip, lam_depth_sm) -> (terms, view, light)`: `batch`
+    a distributed {'image': `[B, S, S, 3]` in [0, 1], ...}, `lam_flip` and
+    `lam_depth_sm` float32 scalars. `terms` maps each loss term to its value
+    on the global batch (ratios of sums over the replicas), `view` `[B, 6]`
+    and `light` `[B, 4]` are the predictions on the global batch.
+  """
+  variables = model.trainable_variables
+  num_replicas = strategy.num_replicas_in_sync
+
+  def replica_step(images, lam_flip, lam_depth_sm):
+    context = tf.distribute.get_replica_context()
+    reduce = None
+    if num_replicas > 1:  # Ratios of sums over the global batch.
+      reduce = lambda d: context.all_reduce(tf.distribute.ReduceOp.SUM, d)
+    with tf.GradientTape() as tape:
+      outputs = model(images, training=True)
+      terms = model.compute_losses(images, outputs, lam_flip,
+                                   reduce_denominator=reduce,
+                                   lam_depth_sm=lam_depth_sm)
+    grads = tape.gradient(terms["total"], variables)
+    # Gradients are summed over replicas, so each adds its share of the decay.
+    # Weights outside the loss (e.g. the perceptual confidence head when
+    # lam_perc = 0) get no gradient and, as in PyTorch's Adam, no update.
+    grads = [None if g is None else g + (weight_decay / num_replicas) * v
+             for g, v in zip(grads, variables)]
+    return terms, grads, outputs["view"], outputs["light"]
+
+  if jit_compile and num_replicas > 1:
+    # The cross-replica sum of the loss denominators sits inside the step,
+    # and a nested XLA function may not hold a synchronisation point.
+    logging.warning("jit_compile is applied with one replica only; running "
+                    "%d replicas without XLA.", num_replicas)
+  elif jit_compile:
+    replica_step = tf.function(replica_step, jit_compile=True)
+
+  def apply_step(batch, lam_flip, lam_depth_sm):
+    terms, grads, view, light = replica_step(batch["image"], lam_flip,
+                                             lam_depth_sm)
+    optimizer.apply_gradients(
+        [(g, v) for g, v in zip(grads, variables) if g is not None])
+    return terms, view, light
+
+  @tf.function
+  def distributed_step(batch, lam_flip, lam_depth_sm):
+    terms, view, light = strategy.run(apply_step,
+                                      args=(batch, lam_flip, lam_depth_sm))
+    terms = {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+             for k, v in terms.items()}
+    gather = lambda t: strategy.gather(t, axis=0)
+    return terms, gather(view), gather(light)
+
+  return distributed_step
+
+
+class TensorBoardLogs:
+  """A run's TensorBoard logs: model_dir/train and model_dir/val.
+
+  Only the chief writes them: on the other workers the writers are no-ops
+  and images and validation are skipped.
+
+  Args:
+    model: the `Unsup3D` being trained.
+    model_dir: the run's folder.
+    is_chief: whether this worker writes model_dir.
+    val_data: the val split's batches; the first 8 images of the first
+      batch are the factor images' inputs.
+    every_steps: losses, schedules and the view and light distributions at
+      every this many steps.
+    image_every_steps: factor images (`summaries.write_images`) at every
+      this many steps.
+  """
+
+  def __init__(self, model, model_dir, is_chief, val_data, every_steps=50,
+               image_every_steps=500):
+    self.model = model
+    self.is_chief = is_chief
+    self.every_steps = every_steps
+    self.image_every_steps = image_every_steps
+    self.predict = tf.function(lambda x: model(x, training=False))
+    if is_chief:
+      self.writer = tf.summary.create_file_writer(
+          os.path.join(model_dir, "train"))
+      self.val_writer = tf.summary.create_file_writer(
+          os.path.join(model_dir, "val"))
+    else:
+      self.writer = self.val_writer = tf.summary.create_noop_writer()
+    self.preview = next(iter(val_data))["image"][:8]
+
+  def write_step(self, step, terms, rate, learning_rate, lam_depth_sm, view,
+                 light):
+    """The summaries of training step `step` that fall due.
+
+    Args:
+      step: steps trained, >= 1.
+      terms: {loss term: float} of the step.
+      rate: training images per second.
+      learning_rate, lam_depth_sm: the step's schedule values.
+      view: `[B, 6]` (rx, ry, rz in radians, tx, ty, tz).
+      light: `[B, 4]` (ambient, diffuse, dx, dy).
+    """
+    if step % self.every_steps == 0:
+      with self.writer.as_default(step=step):
+        for key, value in terms.items():
+          tf.summary.scalar(f"loss/{key}", value)
+        tf.summary.scalar("images_per_second", rate)
+        tf.summary.scalar("schedule/learning_rate", learning_rate)
+        tf.summary.scalar("schedule/lam_depth_sm", lam_depth_sm)
+        tf.summary.histogram("view/rotation_deg", view[:, :3] * 180 / np.pi)
+        tf.summary.histogram("view/translation", view[:, 3:])
+        tf.summary.histogram("light/ambient_diffuse", light[:, :2])
+        tf.summary.histogram("light/direction_dxdy", light[:, 2:])
+    if step % self.image_every_steps == 0:
+      self.write_images(step)
+
+  def write_images(self, step):
+    """The factor images of the preview at `step` (on the chief)."""
+    if self.is_chief:
+      summaries.write_images(self.writer, self.model, self.predict,
+                             self.preview, step)
+
+  def validate(self, val_data, step):
+    """`validate` at `step` on the chief, into the val log; {} elsewhere."""
+    if not self.is_chief:
+      return {}
+    return validate(self.model, self.predict, val_data, self.val_writer, step)
+
+
+class Runner:
+  """Trains epoch after epoch until `num_epochs` or the budget runs out.
+
+  A checkpoint every `checkpoint_every_steps` steps and after each epoch,
+  the step summaries as they fall due, validation after each epoch. Keeps
+  what the run's summary reports: the step it started at, the last step's
+  losses and schedule values, the last validation scores.
+
+  Args:
+    checkpoint: `build_model_and_optimizer`'s state, resumed or new.
+    manager: its `tf.train.CheckpointManager` (`restore`).
+    data: `TrainData`; `data.train` follows `checkpoint.epoch`.
+    train_step: `make_train_step`'s step.
+    schedules: `Schedules`.
+    budget: `Budget`, its clock started.
+    logs: `TensorBoardLogs`.
+    num_epochs: epochs in all, counted over resumed runs too.
+    batch_size: global batch size.
+    checkpoint_every_steps: save within an epoch at every this many steps.
+  """
+
+  def __init__(self, checkpoint, manager, data, train_step, schedules, budget,
+               logs, *, num_epochs, batch_size, checkpoint_every_steps):
+    self.checkpoint = checkpoint
+    self.manager = manager
+    self.data = data
+    self.train_step = train_step
+    self.schedules = schedules
+    self.budget = budget
+    self.logs = logs
+    self.num_epochs = num_epochs
+    self.batch_size = batch_size
+    self.checkpoint_every_steps = checkpoint_every_steps
+    self.start_step = self.step
+    self.learning_rate, self.lam_depth_sm = schedules.at(
+        budget.fraction(self.start_step))
+    self.last_terms, self.val_scores = {}, {}
+    self._saved = None  # (step, epoch) of this run's newest checkpoint
+
+  @property
+  def step(self):
+    """Steps trained, over resumed runs too."""
+    return int(self.checkpoint.step.numpy())
+
+  @property
+  def epoch(self):
+    """Epochs finished, over resumed runs too."""
+    return int(self.checkpoint.epoch.numpy())
+
+  def run(self):
+    """Trains until every epoch is finished or the budget is spent."""
+    while (self.epoch < self.num_epochs and
+           not self.budget.steps_spent(self.step)):
+      if not self.run_one_epoch():
+        return
+      self.checkpoint.epoch.assign_add(1)
+      self.val_scores = self.logs.validate(self.data.val, self.step)
+      self.save()
+
+  def run_one_epoch(self):
+    """Trains the rest of the current epoch; False if the budget ran out."""
+    lam_flip = tf.constant(self.schedules.lam_flip_at(self.epoch))
+    print(f"Epoch {self.epoch + 1}/{self.num_epochs}")
+    progress = keras.utils.Progbar(self.data.steps_per_epoch,
+                                   stateful_metrics=["loss", "img/s"])
+    start = time.perf_counter()
+    skip = batches_to_skip(self.step, self.epoch, self.data.steps_per_epoch)
+    for i, batch in enumerate(self.data.train):
+      if i < skip:
+        continue
+      view, light = self.run_one_step(batch, lam_flip)
+      rate = (i + 1 - skip) * self.batch_size / (time.perf_counter() - start)
+      progress.update(i + 1, [("loss", self.last_terms["total"]),
+                              ("img/s", rate)])
+      self.logs.write_step(self.step, self.last_terms, rate,
+                           self.learning_rate, self.lam_depth_sm, view, light)
+      if self.step % self.checkpoint_every_steps == 0:
+        self.save()
+      if self.budget.spent(self.step):
+        return False
+    return True
+
+  def run_one_step(self, batch, lam_flip):
+    """One step at the scheduled learning rate and depth-prior weight.
+
+    Returns:
+      The step's (view `[B, 6]`, light `[B, 4]`).
+
+    Raises:
+      FloatingPointError: the loss is not finite.
+    """
+    self.learning_rate, self.lam_depth_sm = self.schedules.at(
+        self.budget.fraction(self.step))
+    self.checkpoint.optimizer.learning_rate.assign(self.learning_rate)
+    terms, view, light = self.train_step(
+        batch, lam_flip, tf.constant(self.lam_depth_sm, tf.float32))
+    self.checkpoint.step.assign_add(1)
+    loss = float(terms["total"])
+    if not np.isfinite(loss):
+      raise FloatingPointError(
+          f"Loss became {loss} at step {self.step}; the last good checkpoint "
+          f"is {self.manager.latest_checkpoint}. Lower train.learning_rate "
+          "or check the data.")
+    self.last_terms = {k: float(v) for k, v in terms.items()}
+    return view, light
+
+  def save(self):
+    """Checkpoints the current state, named by its step.
+
+    Under MultiWorkerMirroredStrategy saving is collective: every worker
+    saves at the same steps.
+    """
+    self.manager.save(checkpoint_number=self.step)
+    self._saved = (self.step, self.epoch)
+
+  def save_last(self):
+    """Checkpoints the current state unless this run just saved it."""
+    if self._saved != (self.step, self.epoch):
+      self.save()
+
+
+def save_final_weights(model, path):
+  """Writes `model`'s weights to `path` (a .weights.h5) whole or not at all,
+  through a temporary file beside it."""
+  tmp = path[:-len(".weights.h5")] + ".tmp.weights.h5"
+  model.save_weights(tmp)
+  os.replace(tmp, path)
+
+
+def finish(runner, model_dir, output_dir, is_chief):
+  """Ends a run: the last checkpoint, the final factor images and weights
+  (model_dir/final.weights.h5) on the chief, the scratch output_dir removed
+  elsewhere; prints the run's summary.
+
+  Returns:
+    The summary: steps, epochs, seconds, images_per_second, skipped_files,
+    final_weights, learning_rate, lam_depth_sm, then the last step's
+    `loss/<term>` and the last validation's `val/<score>`.
+  """
+  runner.save_last()
+  runner.logs.write_images(runner.step)
+  final = os.path.join(model_dir, "final.weights.h5")
+  if is_chief:
+    save_final_weights(runner.checkpoint.model, final)
+  else:
+    shutil.rmtree(output_dir, ignore_errors=True)
+  elapsed = runner.budget.seconds()
+  train_info, val_info = runner.data.train_info, runner.data.val_info
+  summary = {
+      "steps": runner.step, "epochs": runner.epoch, "seconds": elapsed,
+      "images_per_second": ((runner.step - runner.start_step) *
+                            runner.batch_size / max(elapsed, 1e-9)),
+      "skipped_files": train_info["num_skipped"] + val_info["num_skipped"],
+      "final_weights": final, "learning_rate": float(runner.learning_rate),
+      "lam_depth_sm": float(runner.lam_depth_sm),
+      **{f"loss/{k}": v for k, v in runner.last_terms.items()},
+      **runner.val_scores}
+  print("\nTraining summary")
+  for key, value in summary.items():
+    print(f"  {key:24s} {value:.4f}" if isinstance(value, float)
+          else f"  {key:24s} {value}")
+  if train_info["skipped"] or val_info["skipped"]:
+    print("  unreadable files skipped: " +
+          ", ".join(train_info["skipped"] + val_info["skipped"]))
+  return summary
+
+
 @_holding_model_dir_lock
 @gin.configurable(denylist=["model_dir", "strategy"])
 def train(model_dir, strategy, batch_size=64, num_epochs=30,
@@ -215,7 +742,7 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
           checkpoint_every_steps=1000, summary_every_steps=50,
           image_summary_every_steps=500, max_steps=None, max_seconds=None,
           generate_synthetic_data=False, seed=0):
-  """Runs training; returns the final summary dict.
+  """Runs training; returns the final summary dict (`finish`).
 
   Holds `ModelDirLock` on model_dir while it runs: a second run into the
   same folder stops with `ModelDirInUseError`. Resumes from the newest
@@ -252,224 +779,31 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
       keeps complete splits and finishes interrupted ones).
     seed: shuffling seed.
   """
-  if learning_rate_schedule not in ("constant", "cosine"):
-    raise ValueError("train.learning_rate_schedule must be 'constant' or "
-                     f"'cosine', got {learning_rate_schedule!r}.")
   keras.utils.set_random_seed(seed)  # weights, shuffling and flips
   is_chief, output_dir = output_folder(model_dir, strategy)
   os.makedirs(output_dir, exist_ok=True)
-  # The model first: a config it rejects stops the run before the data
-  # scan, and so does a checkpoint that does not fit it.
-  with strategy.scope():
-    # Layers take the global dtype policy when they are created.
-    policy = keras.mixed_precision.global_policy()
-    if mixed_precision:
-      keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-      model = model_lib.Unsup3D()
-      model.build((None, model.image_size, model.image_size, 3))
-    finally:
-      keras.mixed_precision.set_global_policy(policy)
-    optimizer = keras.optimizers.Adam(learning_rate, beta_1=0.9, beta_2=0.999,
-                                      epsilon=adam_epsilon)
-    optimizer.build(model.trainable_variables)
-    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
-                                   step=step, epoch=epoch)
-  manager = tf.train.CheckpointManager(
-      checkpoint, os.path.join(output_dir, "checkpoints"), keep_checkpoints)
-  # Every worker resumes from the chief's checkpoints.
-  resume(checkpoint, model, os.path.join(model_dir, "checkpoints"))
-
-  data_dir = gin.query_parameter("make_dataset.data_dir")
-  if generate_synthetic_data and not all(
-      os.path.isdir(os.path.join(data_dir, split))
-      for split in ("train", "val", "test")):
-    # The generator keeps complete splits and finishes interrupted ones.
-    logging.info("Splits missing in %s: generating the synthetic dataset.",
-                 data_dir)
-    generate_synthetic(data_dir)
-
-  _, train_info = datasets.make_dataset("train", training=True,
-                                        batch_size=batch_size,
-                                        check_cache_dir=model_dir)
-  steps_per_epoch = datasets.steps_per_epoch(train_info, batch_size)
-  replica_batch = batch_size // strategy.num_replicas_in_sync
-  if replica_batch * strategy.num_replicas_in_sync != batch_size:
-    raise ValueError(f"batch_size {batch_size} does not split evenly over "
-                     f"{strategy.num_replicas_in_sync} replicas.")
-  # One pipeline per epoch, its order and flips set by (seed, epoch), so the
-  # batches a resumed epoch skips are the ones it trained on. `epoch` is the
-  # checkpointed counter, read when each epoch starts.
-  train_data = datasets.EpochDatasets(
-      lambda current: strategy.distribute_datasets_from_function(
-          lambda ctx: datasets.make_dataset(
-              "train", training=True,
-              batch_size=ctx.get_per_replica_batch_size(batch_size),
-              check_cache_dir=model_dir, input_context=ctx, seed=seed,
-              epoch=current, log_skipped=False)[0]),
-      lambda: epoch.numpy())
-  val_data, val_info = datasets.make_dataset("val", training=False,
-                                             batch_size=batch_size,
-                                             check_cache_dir=model_dir)
-
-  variables = model.trainable_variables
-  num_replicas = strategy.num_replicas_in_sync
-
-  def replica_step(images, lam_flip, lam_depth_sm):
-    context = tf.distribute.get_replica_context()
-    reduce = None
-    if num_replicas > 1:  # Ratios of sums over the global batch.
-      reduce = lambda d: context.all_reduce(tf.distribute.ReduceOp.SUM, d)
-    with tf.GradientTape() as tape:
-      outputs = model(images, training=True)
-      terms = model.compute_losses(images, outputs, lam_flip,
-                                   reduce_denominator=reduce,
-                                   lam_depth_sm=lam_depth_sm)
-    grads = tape.gradient(terms["total"], variables)
-    # Gradients are summed over replicas, so each adds its share of the decay.
-    # Weights outside the loss (e.g. the perceptual confidence head when
-    # lam_perc = 0) get no gradient and, as in PyTorch's Adam, no update.
-    grads = [None if g is None else g + (weight_decay / num_replicas) * v
-             for g, v in zip(grads, variables)]
-    return terms, grads, outputs["view"], outputs["light"]
-
-  if final_lam_depth_sm is not None and model.lam_depth_sm <= 0:
-    raise ValueError("train.final_lam_depth_sm needs Unsup3D.lam_depth_sm "
-                     "> 0 (the term is not computed otherwise).")
-  total_steps = num_epochs * steps_per_epoch
-
-  def schedules(current_step):
-    """(learning rate, depth-prior weight) at this point of the budget."""
-    fraction = budget_fraction(current_step, time.perf_counter() - start_time,
-                               total_steps, max_steps, max_seconds)
-    lr = learning_rate
-    if learning_rate_schedule == "cosine":
-      lr = cosine_schedule(learning_rate,
-                           learning_rate * final_learning_rate_ratio, fraction)
-    lam_depth_sm = model.lam_depth_sm
-    if final_lam_depth_sm is not None:
-      lam_depth_sm = cosine_schedule(model.lam_depth_sm, final_lam_depth_sm,
-                                     fraction)
-    return lr, lam_depth_sm
-
-  if jit_compile and num_replicas > 1:
-    # The cross-replica sum of the loss denominators sits inside the step,
-    # and a nested XLA function may not hold a synchronisation point.
-    logging.warning("jit_compile is applied with one replica only; running "
-                    "%d replicas without XLA.", num_replicas)
-  elif jit_compile:
-    replica_step = tf.function(replica_step, jit_compile=True)
-
-  def apply_step(batch, lam_flip, lam_depth_sm):
-    terms, grads, view, light = replica_step(batch["image"], lam_flip,
-                                             lam_depth_sm)
-    optimizer.apply_gradients(
-        [(g, v) for g, v in zip(grads, variables) if g is not None])
-    return terms, view, light
-
-  @tf.function
-  def distributed_step(batch, lam_flip, lam_depth_sm):
-    terms, view, light = strategy.run(apply_step,
-                                      args=(batch, lam_flip, lam_depth_sm))
-    terms = {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
-             for k, v in terms.items()}
-    gather = lambda t: strategy.gather(t, axis=0)
-    return terms, gather(view), gather(light)
-
-  predict = tf.function(lambda x: model(x, training=False))
-  if is_chief:
-    writer = tf.summary.create_file_writer(os.path.join(model_dir, "train"))
-    val_writer = tf.summary.create_file_writer(os.path.join(model_dir, "val"))
-  else:
-    writer = val_writer = tf.summary.create_noop_writer()
-  preview = next(iter(val_data))["image"][:8]
-  lam_flip_after = model.lam_flip
-  start_time, start_step = time.perf_counter(), int(step.numpy())
-  last_terms, val_scores = {}, {}
-  lr, lam_depth_sm = schedules(start_step)
-  done = max_steps is not None and int(step.numpy()) >= max_steps
-  while int(epoch.numpy()) < num_epochs and not done:
-    lam_flip = tf.constant(1.0 if int(epoch.numpy()) < lam_flip_start_epoch
-                           else lam_flip_after)
-    print(f"Epoch {int(epoch.numpy()) + 1}/{num_epochs}")
-    progress = keras.utils.Progbar(steps_per_epoch,
-                                   stateful_metrics=["loss", "img/s"])
-    epoch_start = time.perf_counter()
-    # A resumed epoch skips the batches it had already trained on.
-    skip = int(step.numpy()) - int(epoch.numpy()) * steps_per_epoch
-    for i, batch in enumerate(train_data):
-      if i < skip:
-        continue
-      lr, lam_depth_sm = schedules(int(step.numpy()))
-      optimizer.learning_rate.assign(lr)
-      terms, view, light = distributed_step(
-          batch, lam_flip, tf.constant(lam_depth_sm, tf.float32))
-      step.assign_add(1)
-      current = int(step.numpy())
-      loss = float(terms["total"])
-      if not np.isfinite(loss):
-        raise FloatingPointError(
-            f"Loss became {loss} at step {current}; the last good checkpoint "
-            f"is {manager.latest_checkpoint}. Lower train.learning_rate or "
-            "check the data.")
-      rate = (i + 1 - skip) * batch_size / (time.perf_counter() - epoch_start)
-      progress.update(i + 1, [("loss", loss), ("img/s", rate)])
-      last_terms = {k: float(v) for k, v in terms.items()}
-      if current % summary_every_steps == 0:
-        with writer.as_default(step=current):
-          for key, value in last_terms.items():
-            tf.summary.scalar(f"loss/{key}", value)
-          tf.summary.scalar("images_per_second", rate)
-          tf.summary.scalar("schedule/learning_rate", lr)
-          tf.summary.scalar("schedule/lam_depth_sm", lam_depth_sm)
-          tf.summary.histogram("view/rotation_deg", view[:, :3] * 180 / np.pi)
-          tf.summary.histogram("view/translation", view[:, 3:])
-          tf.summary.histogram("light/ambient_diffuse", light[:, :2])
-          tf.summary.histogram("light/direction_dxdy", light[:, 2:])
-      if is_chief and current % image_summary_every_steps == 0:
-        summaries.write_images(writer, model, predict, preview, current)
-      if current % checkpoint_every_steps == 0:
-        manager.save(checkpoint_number=current)
-      out_of_time = (max_seconds is not None and
-                     time.perf_counter() - start_time > max_seconds)
-      if (max_steps is not None and current >= max_steps) or out_of_time:
-        done = True
-        break
-    if not done:
-      epoch.assign_add(1)
-      if is_chief:
-        val_scores = validate(model, predict, val_data, val_writer,
-                              int(step.numpy()))
-      manager.save(checkpoint_number=int(step.numpy()))
-  manager.save(checkpoint_number=int(step.numpy()))
-  final = os.path.join(model_dir, "final.weights.h5")
-  if is_chief:
-    summaries.write_images(writer, model, predict, preview, int(step.numpy()))
-    tmp = os.path.join(model_dir, "final.tmp.weights.h5")
-    model.save_weights(tmp)
-    os.replace(tmp, final)
-  else:
-    shutil.rmtree(output_dir, ignore_errors=True)
-  elapsed = time.perf_counter() - start_time
-  trained = int(step.numpy()) - start_step
-  summary = {
-      "steps": int(step.numpy()), "epochs": int(epoch.numpy()), "seconds": elapsed,
-      "images_per_second": trained * batch_size / max(elapsed, 1e-9),
-      "skipped_files": train_info["num_skipped"] + val_info["num_skipped"],
-      "final_weights": final, "learning_rate": float(lr),
-      "lam_depth_sm": float(lam_depth_sm),
-      **{f"loss/{k}": v for k, v in last_terms.items()},
-      **val_scores}
-  print("\nTraining summary")
-  for key, value in summary.items():
-    print(f"  {key:24s} {value:.4f}" if isinstance(value, float)
-          else f"  {key:24s} {value}")
-  if train_info["skipped"] or val_info["skipped"]:
-    print("  unreadable files skipped: " +
-          ", ".join(train_info["skipped"] + val_info["skipped"]))
-  return summary
+  # The model and its settings first: a config they reject stops the run
+  # before the data scan, and so does a checkpoint that does not fit it.
+  checkpoint = build_model_and_optimizer(strategy, learning_rate,
+                                         adam_epsilon, mixed_precision)
+  model = checkpoint.model
+  schedules = Schedules(
+      learning_rate, learning_rate_schedule, final_learning_rate_ratio,
+      lam_depth_sm=model.lam_depth_sm, final_lam_depth_sm=final_lam_depth_sm,
+      lam_flip=model.lam_flip, lam_flip_start_epoch=lam_flip_start_epoch)
+  manager = restore(checkpoint, model_dir, output_dir, keep_checkpoints)
+  data = prepare_data(strategy, model_dir, checkpoint.epoch.numpy,
+                      batch_size, seed, generate_synthetic_data)
+  train_step = make_train_step(model, checkpoint.optimizer, strategy,
+                               weight_decay, jit_compile)
+  logs = TensorBoardLogs(model, model_dir, is_chief, data.val,
+                    summary_every_steps, image_summary_every_steps)
+  budget = Budget(num_epochs * data.steps_per_epoch, max_steps, max_seconds)
+  runner = Runner(checkpoint, manager, data, train_step, schedules, budget,
+                  logs, num_epochs=num_epochs, batch_size=batch_size,
+                  checkpoint_every_steps=checkpoint_every_steps)
+  runner.run()
+  return finish(runner, model_dir, output_dir, is_chief)
 
 
 def validate(model, predict, dataset, writer, step):
