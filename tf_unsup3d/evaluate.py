@@ -31,11 +31,6 @@ METHODS = ("model", "null_depth", "average_gt_depth")
 # convention of the paper's Table 2, metrics.mean_angle_deviation_acos).
 METRICS = ("side", "mad", "mad_acos")
 
-# The checkpoint names tf_unsup3d.train takes from this module.
-CheckpointError = checkpoints.CheckpointError
-newest_intact_checkpoint = checkpoints.newest_intact_checkpoint
-restore_model = checkpoints.restore_model
-
 
 def score_batch(renderer, depth_gt, recon_depth, reference_depth):
   """SIDE and both MADs per image for the model and the two baselines.

@@ -26,11 +26,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_unsup3d import checkpoints
 from tf_unsup3d import configurable
 from tf_unsup3d import evaluate as evaluate_lib
-from tf_unsup3d import model as model_lib
 from tf_unsup3d import summaries
 from tf_unsup3d.data import datasets
+
 
 @gin.configurable(denylist=["output_dir"])
 def generate_synthetic(output_dir, num_train=10000, num_val=500, num_test=500,
@@ -157,26 +158,26 @@ def resume(checkpoint, model, folder):
   Newer unreadable checkpoints (e.g. a truncated data file) are named in a
   warning and skipped; they stay on disk until the checkpoint manager
   rotates them out. Every variable of `model` must be restored
-  (`evaluate.restore_model`), and the optimizer and counters must match.
+  (`checkpoints.restore_model`), and the optimizer and counters must match.
 
   Returns:
     The prefix resumed from, or None when `folder` has no checkpoint.
 
   Raises:
-    evaluate.CheckpointError: no checkpoint is readable, or the newest
+    checkpoints.CheckpointError: no checkpoint is readable, or the newest
       intact one does not fit the configured model.
   """
-  latest, unreadable = evaluate_lib.newest_intact_checkpoint(folder)
+  latest, unreadable = checkpoints.newest_intact_checkpoint(folder)
   for prefix, problem in unreadable:
     logging.warning("Checkpoint %s is unreadable: %s.", prefix, problem)
   if unreadable and latest is None:
-    raise evaluate_lib.CheckpointError(
+    raise checkpoints.CheckpointError(
         f"No checkpoint in {folder} is readable (above). To train from "
         f"scratch, move them aside: mv {folder} {folder}.unreadable")
   if latest is None:
     return None
-  evaluate_lib.restore_model(checkpoint, latest,
-                             model).assert_existing_objects_matched()
+  checkpoints.restore_model(checkpoint, latest,
+                            model).assert_existing_objects_matched()
   if unreadable:
     logging.warning("Resuming from %s instead, the newest intact checkpoint.",
                     latest)
@@ -298,13 +299,6 @@ class Schedules:
     return 1.0 if epoch < self.lam_flip_start_epoch else self.lam_flip
 
 
-def new_model():
-  """A built `Unsup3D` as gin configures it, for `[B, S, S, 3]` images."""
-  model = model_lib.Unsup3D()
-  model.build((None, model.image_size, model.image_size, 3))
-  return model
-
-
 def build_model_and_optimizer(strategy, learning_rate=1e-4, adam_epsilon=1e-8,
                               mixed_precision=False):
   """The training state, created in `strategy`'s scope.
@@ -326,7 +320,7 @@ def build_model_and_optimizer(strategy, learning_rate=1e-4, adam_epsilon=1e-8,
     if mixed_precision:
       keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-      model = new_model()
+      model = checkpoints.build_model()
     finally:
       keras.mixed_precision.set_global_policy(policy)
     optimizer = keras.optimizers.Adam(learning_rate, beta_1=0.9, beta_2=0.999,
@@ -686,14 +680,6 @@ class Runner:
       self.save()
 
 
-def save_final_weights(model, path):
-  """Writes `model`'s weights to `path` (a .weights.h5) whole or not at all,
-  through a temporary file beside it."""
-  tmp = path[:-len(".weights.h5")] + ".tmp.weights.h5"
-  model.save_weights(tmp)
-  os.replace(tmp, path)
-
-
 def finish(runner, model_dir, output_dir, is_chief):
   """Ends a run: the last checkpoint, the final factor images and weights
   (model_dir/final.weights.h5) on the chief, the scratch output_dir removed
@@ -708,7 +694,7 @@ def finish(runner, model_dir, output_dir, is_chief):
   runner.logs.write_images(runner.step)
   final = os.path.join(model_dir, "final.weights.h5")
   if is_chief:
-    save_final_weights(runner.checkpoint.model, final)
+    checkpoints.save_final_weights(runner.checkpoint.model, final)
   else:
     shutil.rmtree(output_dir, ignore_errors=True)
   elapsed = runner.budget.seconds()
