@@ -21,7 +21,7 @@ def _flip(x):
 
 def _rescale(x, low, high):
   """Maps x in [-1, 1] linearly onto [low, high]."""
-  return low + (x + 1.0) / 2.0 * (high - low)
+  return low + value_ranges.to_unit(x) * (high - low)
 
 
 # The canonical factors, `Unsup3D.canonical_factors`' outputs and the first
