@@ -371,6 +371,23 @@ def test_a_non_finite_loss_stops_the_run_naming_the_last_checkpoint():
     run.runner.run()
 
 
+def test_factor_images_are_written_once_per_step(monkeypatch, tmp_path):
+  """The loop's image summary and the final one at the same step: one write."""
+  written = []
+  monkeypatch.setattr(train_lib.summaries, "write_images",
+                      lambda writer, model, predict, images, step:
+                      written.append(step))
+  val = [{"image": tf.zeros([2, 8, 8, 3])}]
+  logs = train_lib.TensorBoardLogs(None, str(tmp_path), True, val,
+                                   every_steps=100, image_every_steps=2)
+  view, light = np.zeros([2, 6]), np.zeros([2, 4])
+  for step in (1, 2):
+    logs.write_step(step, {"total": 1.0}, 1.0, 1e-4, 0.0, view, light)
+  logs.write_images(2)  # the end of a run that stopped at step 2
+  logs.write_images(3)
+  assert written == [2, 3]
+
+
 @pytest.mark.slow
 def test_learning_rate_and_depth_prior_follow_their_schedules(paired_data,
                                                               tmp_path):

@@ -519,6 +519,7 @@ class TensorBoardLogs:
     else:
       self.writer = self.val_writer = tf.summary.create_noop_writer()
     self.preview = next(iter(val_data))["image"][:8]
+    self._images_step = None  # the step of the newest factor images
 
   def write_step(self, step, terms, rate, learning_rate, lam_depth_sm, view,
                  light):
@@ -547,10 +548,12 @@ class TensorBoardLogs:
       self.write_images(step)
 
   def write_images(self, step):
-    """The factor images of the preview at `step` (on the chief)."""
-    if self.is_chief:
+    """The factor images of the preview at `step` (on the chief), unless
+    they were just written at that step."""
+    if self.is_chief and step != self._images_step:
       summaries.write_images(self.writer, self.model, self.predict,
                              self.preview, step)
+      self._images_step = step
 
   def validate(self, val_data, step):
     """`validate` at `step` on the chief, into the val log; {} elsewhere."""
@@ -783,7 +786,7 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
   train_step = make_train_step(model, checkpoint.optimizer, strategy,
                                weight_decay, jit_compile)
   logs = TensorBoardLogs(model, model_dir, is_chief, data.val,
-                    summary_every_steps, image_summary_every_steps)
+                         summary_every_steps, image_summary_every_steps)
   budget = Budget(num_epochs * data.steps_per_epoch, max_steps, max_seconds)
   runner = Runner(checkpoint, manager, data, train_step, schedules, budget,
                   logs, num_epochs=num_epochs, batch_size=batch_size,
