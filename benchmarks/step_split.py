@@ -4,7 +4,8 @@ r"""Where a training step's time goes, phase by phase, for a gin config.
         [--checkpoint=runs/synthetic] [--data_dir=data/synthetic] [--steps=5]
 
 Times (median of --steps calls after a warm-up, graph mode) one training
-step of the config's model and batch size, and each phase on its own:
+step of the config's model and batch size (`train.make_train_step` under
+--strategy), and each phase on its own:
 
   networks     the depth, albedo, light, view (and confidence) networks'
                forward + backward, no rendering
@@ -22,7 +23,10 @@ are the model's own predictions on real images of --data_dir's val split
 when --checkpoint is given (what training sees), else smooth random depth
 under random views up to 30 degrees. With --onednn_compare the full step is
 also timed in two child processes with TensorFlow's oneDNN kernels off and
-on (TF_ENABLE_ONEDNN_OPTS), so their ratio comes from one run.
+on (TF_ENABLE_ONEDNN_OPTS), so their ratio comes from one run; with
+--strategy_compare under a one-replica MirroredStrategy and
+OneDeviceStrategy (train.py's --strategy=auto picks the latter without
+several GPUs).
 """
 
 import json
@@ -43,7 +47,7 @@ import tensorflow as tf
 
 from tf_unsup3d import checkpoints
 from tf_unsup3d import gin_configs
-from tf_unsup3d import train as train_lib  # noqa: F401  (registers train.*)
+from tf_unsup3d import train as train_lib
 from tf_unsup3d import value_ranges
 from tf_unsup3d.data import datasets
 from tf_unsup3d.rendering import sampling
@@ -57,6 +61,13 @@ _DATA = flags.DEFINE_string("data_dir", None, "Images (default: the gin "
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed calls per phase.")
 _ONEDNN = flags.DEFINE_boolean("onednn_compare", False,
                                "Also time the step with oneDNN off and on.")
+_STRATEGY = flags.DEFINE_enum(
+    "strategy", "auto", ["auto", "mirrored", "one_device"],
+    "The training step's tf.distribute strategy (train.py's --strategy).")
+_STRATEGY_COMPARE = flags.DEFINE_boolean(
+    "strategy_compare", False,
+    "Also time the full step under a one-replica MirroredStrategy and "
+    "OneDeviceStrategy (each in a child process).")
 _FULL_ONLY = flags.DEFINE_boolean("full_step_only", False,
                                   "Print only the full step (JSON).")
 
@@ -95,24 +106,27 @@ def main(argv):
       [gin_configs.resolve(f) for f in _GIN.value], _PARAMS.value + ["Unsup3D.vgg_weights = None"],
       skip_unknown=True)
   batch = gin.query_parameter("train.batch_size")
-  if _CHECKPOINT.value:
-    model = checkpoints.load_model(_CHECKPOINT.value)
-  else:
-    model = checkpoints.build_model()
+  strategy = train_lib.make_strategy(_STRATEGY.value)
+  with strategy.scope():
+    if _CHECKPOINT.value:
+      model = checkpoints.load_model(_CHECKPOINT.value)
+    else:
+      model = checkpoints.build_model()
+    variables = model.trainable_variables
+    optimizer = keras.optimizers.Adam(1e-4)
+    optimizer.build(variables)
   size = model.image_size
   x = _images(batch, size)
-  variables = model.trainable_variables
-  optimizer = keras.optimizers.Adam(1e-4)
-  optimizer.build(variables)
-
-  @tf.function
-  def full_step(x):
-    with tf.GradientTape() as tape:
-      total = model.compute_losses(x, model(x, training=True))["total"]
-    grads = tape.gradient(total, variables)
-    optimizer.apply_gradients(
-        [(g, v) for g, v in zip(grads, variables) if g is not None])
-    return total
+  # The training loop's own step (loss weights as the config sets them).
+  train_step = train_lib.make_train_step(
+      model, optimizer, strategy,
+      weight_decay=gin.query_parameter("train.weight_decay"))
+  lam_flip = tf.constant(model.lam_flip)
+  lam_depth_sm = tf.constant(model.lam_depth_sm)
+  # The batch distributed as the training loop's dataset delivers it.
+  batch_of = lambda x: strategy.experimental_distribute_values_from_function(
+      lambda _: {"image": x})
+  full_step = lambda x: train_step(batch_of(x), lam_flip, lam_depth_sm)[0]
 
   step = _median_seconds(lambda: full_step(x), _STEPS.value)
   if _FULL_ONLY.value:
@@ -213,7 +227,8 @@ def main(argv):
   times = dict(rows)
   print(f"\nbatch {batch} at {size}x{size}, config {_GIN.value}, "
         f"{'trained' if _CHECKPOINT.value else 'untrained'} weights, "
-        f"oneDNN {os.environ.get('TF_ENABLE_ONEDNN_OPTS')}")
+        f"oneDNN {os.environ.get('TF_ENABLE_ONEDNN_OPTS')}, "
+        f"{type(strategy).__name__}")
   print(f"{'phase':14s} {'s/step':>8s} {'share of step':>14s}")
   for name, seconds in rows:
     print(f"{name:14s} {seconds:8.3f} {seconds / step:14.2f}")
@@ -221,21 +236,30 @@ def main(argv):
   print(f"rendering (raster + sampling) {rendering:.3f} s = "
         f"{100 * rendering / step:.0f}% of the step")
   if _ONEDNN.value:
-    child = {}
-    for value in ("0", "1"):
-      env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=value)
-      args = [sys.executable, __file__, "--full_step_only",
-              f"--steps={_STEPS.value}"]
-      args += [f"--gin_file={g}" for g in _GIN.value]
-      args += [f"--gin_param={p}" for p in _PARAMS.value]
-      if _CHECKPOINT.value:
-        args.append(f"--checkpoint={_CHECKPOINT.value}")
-      out = subprocess.run(args, env=env, capture_output=True, text=True,
-                           check=True).stdout
-      child[value] = json.loads(out.strip().splitlines()[-1])["step"]
-    print(f"full step, oneDNN off {child['0']:.3f} s, on {child['1']:.3f} s: "
-          f"on / off {child['1'] / child['0']:.2f}")
+    off = _child_step({"TF_ENABLE_ONEDNN_OPTS": "0"}, [])
+    on = _child_step({"TF_ENABLE_ONEDNN_OPTS": "1"}, [])
+    print(f"full step, oneDNN off {off:.3f} s, on {on:.3f} s: "
+          f"on / off {on / off:.2f}")
+  if _STRATEGY_COMPARE.value:
+    mirrored = _child_step({}, ["--strategy=mirrored"])
+    one = _child_step({}, ["--strategy=one_device"])
+    print(f"full step, MirroredStrategy {mirrored:.3f} s, OneDeviceStrategy "
+          f"{one:.3f} s: one device / mirrored {one / mirrored:.2f}")
 
+
+def _child_step(env, extra_args):
+  """The full step's seconds in a child process with `env` and args."""
+  args = [sys.executable, __file__, "--full_step_only",
+          f"--steps={_STEPS.value}"] + extra_args
+  args += [f"--gin_file={g}" for g in _GIN.value]
+  args += [f"--gin_param={p}" for p in _PARAMS.value]
+  if _CHECKPOINT.value:
+    args.append(f"--checkpoint={_CHECKPOINT.value}")
+  if _DATA.value:
+    args.append(f"--data_dir={_DATA.value}")
+  out = subprocess.run(args, env=dict(os.environ, **env), capture_output=True,
+                       text=True, check=True).stdout
+  return json.loads(out.strip().splitlines()[-1])["step"]
 
 if __name__ == "__main__":
   app.run(main)

@@ -193,6 +193,23 @@ def test_two_replicas_match_one_device(paired_data, tmp_path):
     np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
 
 
+def test_auto_strategy_runs_one_replica_without_several_gpus():
+  """'auto' mirrors only over several GPUs; otherwise one device, one
+  replica (conftest's two logical CPUs are not GPUs)."""
+  strategy = train_lib.make_strategy("auto")
+  gpus = tf.config.list_logical_devices("GPU")
+  if len(gpus) > 1:
+    assert isinstance(strategy, tf.distribute.MirroredStrategy)
+    assert strategy.num_replicas_in_sync == len(gpus)
+  else:
+    assert isinstance(strategy, tf.distribute.OneDeviceStrategy)
+    assert strategy.num_replicas_in_sync == 1
+    device = strategy.extended.worker_devices[0]
+    assert ("GPU" if gpus else "CPU") in device
+  with pytest.raises(ValueError, match="Unknown strategy 'mirror'"):
+    train_lib.make_strategy("mirror")
+
+
 def test_cosine_schedule_and_budget_fraction():
   assert train_lib.cosine_schedule(1.0, 0.0, 0.0) == 1.0
   assert train_lib.cosine_schedule(1.0, 0.0, 1.0) == pytest.approx(0.0)

@@ -2,7 +2,7 @@ r"""Trains Unsup3D with a custom loop under tf.distribute.
 
     python -m tf_unsup3d.train --gin_file=gin_configs/synthetic.gin \
         [--gin_param='train.num_epochs = 5'] [--model_dir=runs/synthetic] \
-        [--strategy=mirrored|multi_worker|one_device]
+        [--strategy=auto|mirrored|multi_worker|one_device]
 
 Resumes from the newest intact checkpoint in --model_dir, which it locks
 against a second run (model_dir/train.lock). Writes TensorBoard logs
@@ -54,7 +54,18 @@ def generate_synthetic(output_dir, num_train=10000, num_val=500, num_test=500,
 
 
 def make_strategy(name):
-  """The tf.distribute strategy for `--strategy`."""
+  """The tf.distribute strategy for `--strategy`.
+
+  'auto' mirrors over the local GPUs when there are several, else runs on
+  the one device (the GPU, else the CPU): a one-replica MirroredStrategy
+  costs a CPU step about a sixth more (`benchmarks/step_split.py
+  --strategy_compare`).
+  """
+  if name == "auto":
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+      return tf.distribute.MirroredStrategy()
+    return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
   if name == "mirrored":
     return tf.distribute.MirroredStrategy()
   if name == "multi_worker":
@@ -825,8 +836,9 @@ def define_flags():
   flags.DEFINE_string("model_dir", None, "Checkpoints and logs; default "
                       "runs/<name of the first gin file>.")
   flags.DEFINE_enum(
-      "strategy", "mirrored", ["mirrored", "multi_worker", "one_device"],
-      "mirrored: all local GPUs (else the CPU); multi_worker: "
+      "strategy", "auto", ["auto", "mirrored", "multi_worker", "one_device"],
+      "auto: mirrored with several local GPUs, else one_device; mirrored: "
+      "all local GPUs (else the CPU); multi_worker: "
       "MultiWorkerMirroredStrategy from TF_CONFIG; one_device: first device.")
 
 
