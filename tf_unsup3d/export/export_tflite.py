@@ -1,7 +1,8 @@
 r"""Exports the inference half of a trained model to LiteRT (TFLite).
 
-    python -m export.export_tflite --gin_file=gin_configs/synthetic.gin \
-        --checkpoint=runs/synthetic --output=unsup3d.tflite \
+    python -m tf_unsup3d.export.export_tflite \
+        --gin_file=gin_configs/synthetic.gin --checkpoint=runs/synthetic \
+        --output=unsup3d.tflite \
         [--quantization=none|float16|dynamic_int8] [--validate_against=DIR] \
         [--tolerance=QUANTITY=MAX ...]
 
@@ -76,7 +77,7 @@ QUANTITIES = {
 
 # Largest error allowed per quantity, in its unit (`QUANTITIES`), by
 # quantization; override one with --tolerance=QUANTITY=MAX. Set from the
-# maxima measured (`python -m export.measure`; README, TFLite) on a
+# maxima measured (`python -m tf_unsup3d.export.measure`; README, TFLite) on a
 # synthetic.gin model trained 625 steps and on random-weight models (nf 8
 # and 32) over smooth, noise and face images, with a margin of 4x or more
 # (float16, none) and 2x or more (dynamic_int8). Random weights are no guide

@@ -1,10 +1,11 @@
 r"""gRPC and REST clients for the unsup3d model on TensorFlow Serving.
 
-    python -m export.serving.client --server=localhost:8500 \
+    python -m tf_unsup3d.export.serving.client --server=localhost:8500 \
         --protocol=grpc face1.jpg face2.png [--output=outputs.npz]
-    python -m export.serving.client --server=localhost:8501 \
+    python -m tf_unsup3d.export.serving.client --server=localhost:8501 \
         --protocol=rest face1.jpg
-    python -m export.serving.client --detect_faces [--no_face=centre] photo.jpg
+    python -m tf_unsup3d.export.serving.client --detect_faces \
+        [--no_face=centre] photo.jpg
 
 Sends the encoded files to the `predict_images_bytes` signature (the server
 decodes, centre-crops and resizes them) and prints every output's shape and
