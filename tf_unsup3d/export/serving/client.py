@@ -30,6 +30,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from tf_unsup3d import cropping
 from tf_unsup3d import preprocessing
+from tf_unsup3d import shapes
 
 IMAGES_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "predict_images_bytes"
@@ -58,9 +59,7 @@ def _input_array(inputs, signature_name):
                        "files (bytes).")
     return array
   array = np.asarray(inputs, np.float32)
-  if array.ndim != 4 or array.shape[-1] != 3:
-    raise ValueError(f"images must be [N, 64, 64, 3] floats in [0, 1], got "
-                     f"shape {array.shape}.")
+  shapes.check_shape(array, "images", ("N", 64, 64, 3), "floats in [0, 1]")
   return array
 
 
