@@ -420,9 +420,9 @@ def test_tflite_tolerances_hold_on_trained_like_weights(tmp_path,
                                                         quantization):
   """Random weights put the view near 0 (std ~0.0015 rad), where float16
   errors are tiny; a trained model's views spread ~20x wider (std 0.03 rad
-  after 625 synthetic steps) and its light ~0.3, and the old absolute
-  tolerances refused it. Scaling the view and light heads' last kernels
-  gives those trained output scales; the export must pass."""
+  after 625 synthetic steps) and its light ~0.3, which tolerances set on
+  random weights alone would refuse. Scaling the view and light heads' last
+  kernels gives those trained output scales; the export must pass."""
   # Keras' own seed too: its initialisers do not follow tf.random.set_seed,
   # so the weights would depend on the tests that ran before.
   keras.utils.set_random_seed(1)

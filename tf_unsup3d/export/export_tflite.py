@@ -82,9 +82,9 @@ QUANTITIES = {
 # and 32) over smooth, noise and face images, with a margin of 4x or more
 # (float16, none) and 2x or more (dynamic_int8). Random weights are no guide
 # on their own: their views sit near 0, where errors are tiny, while a
-# trained model's views spread ~20x wider (the old absolute float16
-# tolerance of 5e-5 rad refused trained models). Normals are derivatives of
-# depth, so small depth errors become large normal (and shading) errors:
+# trained model's views spread ~20x wider (a float16 tolerance of 5e-5 rad,
+# enough for random weights, refuses trained models). Normals are derivatives
+# of depth, so small depth errors become large normal (and shading) errors:
 # under dynamic_int8 those two are bounded only by their range (180 degrees,
 # 1); use float16 or none when they matter.
 TOLERANCES = {
