@@ -11,7 +11,7 @@ import pathlib
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-PACKAGES = ("tf_unsup3d", "export", "tests", "benchmarks")
+PACKAGES = ("tf_unsup3d", "tests", "benchmarks")
 
 
 def _load_targets():

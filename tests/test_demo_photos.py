@@ -10,10 +10,10 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from export.serving import client
 from tf_unsup3d import cropping
 from tf_unsup3d import demo
 from tf_unsup3d import preprocessing
+from tf_unsup3d.export.serving import client
 
 SIZE = 64
 CAT_BOX = (100, 30, 300, 270)  # hand-picked on chelsea.png: ears to chin

@@ -19,13 +19,13 @@ import numpy as np
 import PIL.Image
 import pytest
 import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2
 
-from export import export_savedmodel
-from export import export_tflite
-from export.serving import client
 from tf_unsup3d import model as model_lib
 from tf_unsup3d import preprocessing
-from tensorflow_serving.apis import predict_pb2
+from tf_unsup3d.export import export_savedmodel
+from tf_unsup3d.export import export_tflite
+from tf_unsup3d.export.serving import client
 
 MAX_PIXELS = 200 * 200
 
@@ -233,7 +233,8 @@ def test_versions_are_never_overwritten_without_the_flag(exported, tmp_path,
 def test_serving_config_parses_as_tf_serving_reads_it():
   from google.protobuf import text_format  # pylint: disable=g-import-not-at-top
   from tensorflow_serving.config import model_server_config_pb2  # pylint: disable=g-import-not-at-top
-  folder = os.path.join(os.path.dirname(__file__), "..", "export", "serving")
+  # Read from the installed package: setup.cfg ships both as package data.
+  folder = os.path.dirname(client.__file__)
   with open(os.path.join(folder, "models.config")) as f:
     config = text_format.Parse(f.read(),
                                model_server_config_pb2.ModelServerConfig())
@@ -419,9 +420,9 @@ def test_tflite_tolerances_hold_on_trained_like_weights(tmp_path,
                                                         quantization):
   """Random weights put the view near 0 (std ~0.0015 rad), where float16
   errors are tiny; a trained model's views spread ~20x wider (std 0.03 rad
-  after 625 synthetic steps) and its light ~0.3, and the old absolute
-  tolerances refused it. Scaling the view and light heads' last kernels
-  gives those trained output scales; the export must pass."""
+  after 625 synthetic steps) and its light ~0.3, which tolerances set on
+  random weights alone would refuse. Scaling the view and light heads' last
+  kernels gives those trained output scales; the export must pass."""
   # Keras' own seed too: its initialisers do not follow tf.random.set_seed,
   # so the weights would depend on the tests that ran before.
   keras.utils.set_random_seed(1)
@@ -473,7 +474,7 @@ def test_export_refuses_a_checkpoint_of_another_configuration(tmp_path):
   model.build((None, 64, 64, 3))
   prefix = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt-1"))
   output = tmp_path / "out.tflite"
-  command = [sys.executable, "-m", "export.export_tflite",
+  command = [sys.executable, "-m", "tf_unsup3d.export.export_tflite",
              f"--checkpoint={prefix}", f"--output={output}"]
   command += [f"--gin_param={p}" for p in tiny]
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

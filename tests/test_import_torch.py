@@ -341,7 +341,8 @@ def test_metrics_trace_becomes_an_inert_stand_in(reference):
 def test_loading_and_converting_need_no_torch(reference, monkeypatch):
   """The importer parses torch.save files itself: torch is for tests only."""
   for name in [m for m in sys.modules if m.split(".")[0] == "torch"]:
-    monkeypatch.setitem(sys.modules, name, None)  # `import torch` now fails
+    # From here on `import torch` fails.
+    monkeypatch.setitem(sys.modules, name, None)
   model = tf_model(lam_perc=0.0)
   import_torch.convert_state_dicts(
       model, import_torch.load_reference_checkpoint(reference.path))
@@ -1205,10 +1206,10 @@ def test_pre_0_3_tensors_load_and_stay_checked(tmp_path):
 @pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
 def test_truncated_files_name_the_file_and_echo_no_bytes(tmp_path, legacy):
   """Cut anywhere: a CheckpointError naming the file, saying it is truncated
-  or corrupt, in printable ASCII without escaped bytes. (A cut zip used to
-  be parsed as a legacy stream; for c.pth, whose first record name
+  or corrupt, in printable ASCII without escaped bytes. (A cut zip must not
+  be read as a legacy stream: for c.pth, whose first record name
   'c/data.pkl' has 10 characters, a newline in the header's length field,
-  the message then echoed the header's raw bytes.)"""
+  that reading's message would echo the header's raw bytes.)"""
   good = tmp_path / "c.pth"
   torch.manual_seed(0)
   state = {"netD": collections.OrderedDict(w=torch.randn(4, 3),

@@ -45,8 +45,8 @@ def train(model_dir, data_dir, layout):
 def test_three_epochs_from_two_shards_train_every_batch(tmp_path, capsys):
   """2 shards of 8 images at batch 2: 4 steps an epoch, 12 in 3 epochs.
 
-  Before the record count, the shard count (2) was taken for the images:
-  1 step per epoch, epochs 2 and 3 trained 1 batch each (6 steps).
+  Taking the shard count (2) for the image count instead of the records
+  would give 1 step per epoch and 1 batch in epochs 2 and 3 (6 steps).
   """
   images = str(tmp_path / "images")
   synthetic.generate(images, 8, 2, 2, image_size=64, seed=5, progress=False)

@@ -16,6 +16,8 @@ import os
 from absl import flags
 import numpy as np
 
+from tf_unsup3d import shapes
+
 BOX_RULES = ("reference", "box")
 NO_FACE_POLICIES = ("skip", "centre")
 FACES_EXTRA = 'pip install -e ".[faces]"  (or: pip install mtcnn==1.0.0)'
@@ -94,8 +96,7 @@ def crop(image, region):
     allocated, however far the region reaches outside.
   """
   image = np.asarray(image)
-  if image.ndim != 3:
-    raise ValueError(f"image must be [H, W, C], got shape {image.shape}.")
+  shapes.check_shape(image, "image", ("H", "W", "C"))
   top, left, height, width = (int(v) for v in region)
   if height < 1 or width < 1:
     raise BoxError(f"region {tuple(region)} is empty.")
@@ -159,8 +160,7 @@ class FaceDetector:
     `image`: `[H, W, 3]` RGB, uint8 or floats in [0, 1].
     """
     image = np.asarray(image)
-    if image.ndim != 3 or image.shape[-1] != 3:
-      raise ValueError(f"image must be [H, W, 3] RGB, got {image.shape}.")
+    shapes.check_shape(image, "image", ("H", "W", 3), "RGB")
     if image.dtype != np.uint8:  # floats in [0, 1]
       image = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
     faces = [f for f in self._mtcnn.detect_faces(image)

@@ -312,7 +312,7 @@ def define_flags():
   flags.DEFINE_string("output_dir", None, "Where to write the results.")
   checkpoints.define_checkpoint_flag()
   flags.DEFINE_string("saved_model", None, "An exported SavedModel version "
-                      "folder (export.export_savedmodel), instead.")
+                      "folder (tf_unsup3d.export.export_savedmodel), instead.")
   flags.DEFINE_integer("num_frames", 16, "Frames per turntable.")
   flags.DEFINE_float("max_angle", 60.0, "Turntable yaw amplitude, degrees.")
   flags.DEFINE_integer("max_pixels", preprocessing.DEFAULT_MAX_PIXELS,

@@ -10,12 +10,9 @@ import math
 
 import tensorflow as tf
 
+from tf_unsup3d import shapes
+
 EPS = 1e-7
-
-
-def _check_rank(tensor, rank, name, shape_doc):
-  if tensor.shape.rank != rank:
-    raise ValueError(f"{name} must be {shape_doc}, got shape {tensor.shape}.")
 
 
 def _masked_sums(error, mask):
@@ -29,15 +26,15 @@ def _masked_sums(error, mask):
 def photometric_loss_sums(im1, im2, mask=None, conf_sigma=None):
   """Numerator and denominator of `photometric_loss` (scalars)."""
   with tf.name_scope("photometric_loss"):
-    _check_rank(im1, 4, "im1", "[B, H, W, C]")
-    _check_rank(im2, 4, "im2", "[B, H, W, C]")
+    shapes.check_shape(im1, "im1", ("B", "H", "W", "C"))
+    shapes.check_shape(im2, "im2", ("B", "H", "W", "C"))
     error = tf.abs(im1 - im2)
     if conf_sigma is not None:
-      _check_rank(conf_sigma, 4, "conf_sigma", "[B, H, W, 1]")
+      shapes.check_shape(conf_sigma, "conf_sigma", ("B", "H", "W", 1))
       error = (error * math.sqrt(2.0) / (conf_sigma + EPS) +
                tf.math.log(conf_sigma + EPS))
     if mask is not None:
-      _check_rank(mask, 3, "mask", "[B, H, W]")
+      shapes.check_shape(mask, "mask", ("B", "H", "W"))
     return _masked_sums(error, mask)
 
 
@@ -61,15 +58,15 @@ def photometric_loss(im1, im2, mask=None, conf_sigma=None):
 def perceptual_loss_sums(feat1, feat2, mask=None, conf_sigma=None):
   """Numerator and denominator of `perceptual_loss` (scalars)."""
   with tf.name_scope("perceptual_loss"):
-    _check_rank(feat1, 4, "feat1", "[B, h, w, F]")
-    _check_rank(feat2, 4, "feat2", "[B, h, w, F]")
+    shapes.check_shape(feat1, "feat1", ("B", "h", "w", "F"))
+    shapes.check_shape(feat2, "feat2", ("B", "h", "w", "F"))
     error = tf.square(feat1 - feat2)
     if conf_sigma is not None:
-      _check_rank(conf_sigma, 4, "conf_sigma", "[B, h, w, 1]")
+      shapes.check_shape(conf_sigma, "conf_sigma", ("B", "h", "w", 1))
       error = (error / (2.0 * tf.square(conf_sigma) + EPS) +
                tf.math.log(conf_sigma + EPS))
     if mask is not None:
-      _check_rank(mask, 3, "mask", "[B, H, W]")
+      shapes.check_shape(mask, "mask", ("B", "H", "W"))
       h, w = feat1.shape[1], feat1.shape[2]
       kernel = (mask.shape[1] // h, mask.shape[2] // w)
       mask = tf.nn.avg_pool2d(mask[..., None], kernel, kernel, "VALID")[..., 0]
@@ -99,9 +96,9 @@ def multiscale_photometric_loss_sums(im1, im2, mask, factors=(2, 4, 8)):
   with tf.name_scope("multiscale_photometric_loss"):
     im1, im2, mask = (tf.convert_to_tensor(t, tf.float32)
                       for t in (im1, im2, mask))
-    _check_rank(im1, 4, "im1", "[B, H, W, C]")
-    _check_rank(im2, 4, "im2", "[B, H, W, C]")
-    _check_rank(mask, 3, "mask", "[B, H, W]")
+    shapes.check_shape(im1, "im1", ("B", "H", "W", "C"))
+    shapes.check_shape(im2, "im2", ("B", "H", "W", "C"))
+    shapes.check_shape(mask, "mask", ("B", "H", "W"))
     mask = mask[..., None]
     numerator, denominator = 0.0, 0.0
     for k in factors:
@@ -143,7 +140,7 @@ def multiscale_photometric_loss(im1, im2, mask, factors=(2, 4, 8)):
 def depth_smoothness_sums(depth, min_depth, max_depth):
   """`depth_smoothness` as (sum of per-image terms, number of images)."""
   with tf.name_scope("depth_smoothness"):
-    _check_rank(depth, 3, "depth", "[B, H, W]")
+    shapes.check_shape(depth, "depth", ("B", "H", "W"))
     scale = max_depth - min_depth
     vertical = tf.reduce_mean(tf.abs(depth[:, :-1, :] - depth[:, 1:, :]),
                               axis=[1, 2])

@@ -8,6 +8,8 @@ import math
 
 import tensorflow as tf
 
+from tf_unsup3d import shapes
+
 
 def erode_mask(mask):
   """Erodes a `[B, H, W]` {0, 1} mask by one pixel.
@@ -54,21 +56,13 @@ def scale_invariant_depth_error(depth_pred, depth_gt, mask):
     mask: `[B, H, W]` {0, 1}.
   """
   with tf.name_scope("scale_invariant_depth_error"):
-    if depth_pred.shape.rank != 3 or depth_gt.shape.rank != 3:
-      raise ValueError("depth_pred and depth_gt must be [B, H, W], got "
-                       f"{depth_pred.shape} and {depth_gt.shape}.")
+    shapes.check_shape(depth_pred, "depth_pred", ("B", "H", "W"))
+    shapes.check_shape(depth_gt, "depth_gt", ("B", "H", "W"))
     mask = tf.cast(mask, tf.float32)
     delta = (tf.math.log(depth_pred) - tf.math.log(depth_gt)) * mask
     mean = _masked_image_mean(delta, mask)
     return tf.sqrt(_masked_image_mean(
         tf.square(delta - mean[:, None, None]), mask))
-
-
-def _check_normals(normal_pred, normal_gt):
-  if (normal_pred.shape.rank != 4 or normal_pred.shape[-1] != 3 or
-      normal_gt.shape.rank != 4 or normal_gt.shape[-1] != 3):
-    raise ValueError("normals must be [B, H, W, 3], got "
-                     f"{normal_pred.shape} and {normal_gt.shape}.")
 
 
 def mean_angle_deviation(normal_pred, normal_gt, mask):
@@ -81,7 +75,8 @@ def mean_angle_deviation(normal_pred, normal_gt, mask):
   identical normals; this is the exact angle.
   """
   with tf.name_scope("mean_angle_deviation"):
-    _check_normals(normal_pred, normal_gt)
+    shapes.check_shape(normal_pred, "normal_pred", ("B", "H", "W", 3))
+    shapes.check_shape(normal_gt, "normal_gt", ("B", "H", "W", 3))
     sine = tf.norm(tf.linalg.cross(normal_pred, normal_gt), axis=-1)
     cosine = tf.reduce_sum(normal_pred * normal_gt, axis=-1)
     angle = tf.atan2(sine, cosine) * (180.0 / math.pi)
@@ -102,7 +97,8 @@ def mean_angle_deviation_acos(normal_pred, normal_gt, mask):
     mask: `[B, H, W]` {0, 1}.
   """
   with tf.name_scope("mean_angle_deviation_acos"):
-    _check_normals(normal_pred, normal_gt)
+    shapes.check_shape(normal_pred, "normal_pred", ("B", "H", "W", 3))
+    shapes.check_shape(normal_gt, "normal_gt", ("B", "H", "W", 3))
     cosine = tf.reduce_sum(normal_pred * normal_gt, axis=-1)
     angle = tf.acos(tf.clip_by_value(cosine, -1.0, 1.0)) * (180.0 / math.pi)
     return _masked_image_mean(angle, tf.cast(mask, tf.float32))

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from tf_unsup3d import losses
 from tf_unsup3d import networks
+from tf_unsup3d import shapes
 from tf_unsup3d import value_ranges
 from tf_unsup3d.rendering import renderer as renderer_lib
 from tf_unsup3d.rendering import sampling
@@ -200,9 +201,7 @@ class Unsup3D(keras.Model):
   def _check_images(self, images):
     images = tf.convert_to_tensor(images)
     s = self.image_size
-    if images.shape.rank != 4 or tuple(images.shape[1:]) != (s, s, 3):
-      raise ValueError(f"images must be [B, {s}, {s}, 3] RGB, got shape "
-                       f"{images.shape}.")
+    shapes.check_shape(images, "images", ("B", s, s, 3), "RGB")
     if images.dtype == tf.uint8:
       return tf.cast(images, tf.float32) / 255.0
     if not images.dtype.is_floating:

@@ -9,6 +9,7 @@ Inputs are channels-last images in [-1, 1]; the architecture needs 64x64.
 
 import os
 
+from tf_unsup3d import shapes
 from tf_unsup3d import value_ranges
 from tf_unsup3d.configurable import keras_configurable
 from tf_unsup3d.tools import torch_reader
@@ -77,11 +78,9 @@ def _check_nf(nf):
 
 
 def _check_input(x, name):
-  if x.shape.rank != 4:
-    raise ValueError(f"{name} expects [B, 64, 64, C] images, got {x.shape}.")
-  if None not in x.shape[1:3] and tuple(x.shape[1:3]) != (64, 64):
-    raise ValueError(f"{name} expects 64x64 inputs (the paper's architecture),"
-                     f" got shape {x.shape}.")
+  shapes.check_shape(x, f"{name} input", ("B", 64, 64, "C"),
+                     "images (64x64: the paper's architecture)",
+                     unknown_ok=True)
 
 
 def _network_input_shape(input_shape):
@@ -394,9 +393,8 @@ class VGGFeatures(keras.Model):
     self.trainable = False
 
   def call(self, images):
-    if images.shape.rank != 4 or images.shape[-1] != 3:
-      raise ValueError(f"VGGFeatures expects [B, H, W, 3] images in [-1, 1], "
-                       f"got {images.shape}.")
+    shapes.check_shape(images, "VGGFeatures input", ("B", "H", "W", 3),
+                       "images in [-1, 1]")
     # Under a mixed policy Keras casts the input to the compute dtype; the
     # preprocessing constants are float32, and so is the preprocessing.
     images = tf.cast(images, tf.float32)

@@ -15,6 +15,8 @@ data check (`datasets.check_files`) applies the same limit.
 
 import tensorflow as tf
 
+from tf_unsup3d import shapes
+
 # 4096 x 4096: a 64 MiB RGB buffer at most, decoded and then downsampled.
 # The one pixel limit of serving, the demo and the training data.
 DEFAULT_MAX_PIXELS = 4096 * 4096
@@ -242,8 +244,7 @@ def decode_images(data, size=64, max_pixels=DEFAULT_MAX_PIXELS):
   """`[N]` encoded images -> `[N, size, size, 3]` float32 in [0, 1]."""
   with tf.name_scope("decode_images"):
     data = tf.convert_to_tensor(data, tf.string)
-    if data.shape.rank != 1:
-      raise ValueError(f"data must be a [N] string tensor, got {data.shape}.")
+    shapes.check_shape(data, "data", ("N",), "string tensor")
     return tf.map_fn(
         lambda d: decode_image(d, size, max_pixels), data,
         fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))

@@ -7,6 +7,7 @@ import PIL.Image
 import tensorflow as tf
 
 from tf_unsup3d import atomic_files
+from tf_unsup3d import shapes
 from tf_unsup3d import value_ranges
 
 
@@ -87,8 +88,10 @@ def encode_gif(frames, frame_ms=100):
     into it, its display time added.
   """
   frames = np.asarray(frames, np.float32)
-  if frames.ndim != 4 or frames.shape[-1] != 3 or not len(frames):
-    raise ValueError(f"frames must be [T, H, W, 3], got {frames.shape}.")
+  shapes.check_shape(frames, "frames", ("T", "H", "W", 3))
+  if not len(frames):
+    raise ValueError(f"frames must hold at least one frame, got shape "
+                     f"{frames.shape}.")
   frames = np.round(np.clip(frames, 0.0, 1.0) * 255.0).astype(np.uint8)
   images = [PIL.Image.fromarray(f) for f in frames]
   buffer = io.BytesIO()

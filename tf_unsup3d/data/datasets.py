@@ -188,8 +188,9 @@ def check_files(paths, cache_path=None,
     keys[path] = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
 
   def stale(entry):
-    # Entries of older versions were booleans; images skipped as too large
-    # need decoding once the limit allows them.
+    # Bare booleans (an earlier cache format, without sizes) are checked
+    # again; images skipped as too large need decoding once the limit
+    # allows them.
     return not isinstance(entry, dict) or (
         "error" not in entry and not entry["decoded"]
         and entry["height"] * entry["width"] <= max_pixels)

@@ -36,6 +36,7 @@ from PIL import Image
 from PIL import ImageOps
 
 from tf_unsup3d import atomic_files
+from tf_unsup3d import shapes
 
 SPLITS = {"0": "train", "1": "val", "2": "test"}
 OUTPUT_SIZE = 128
@@ -114,8 +115,7 @@ def crop_padded(image, x0, y0, w, h):
   image is complete; one reaching further is cut at the padding (and may
   come out smaller than h x w).
   """
-  if image.ndim != 3:
-    raise ValueError(f"image must be [H, W, C], got shape {image.shape}.")
+  shapes.check_shape(image, "image", ("H", "W", "C"))
   padded = np.pad(image, ((h, h), (w, w), (0, 0)), mode="edge")
   top, left = y0 + h, x0 + w
   return padded[max(top, 0):max(top + h, 0), max(left, 0):max(left + w, 0)]
@@ -128,8 +128,7 @@ def resize_bilinear(image, size):
   pixel i samples the input at (i + 0.5) * in / out - 0.5, clamped to the
   image, so a 2x reduction averages 2 x 2 blocks.
   """
-  if image.ndim != 3:
-    raise ValueError(f"image must be [H, W, C], got shape {image.shape}.")
+  shapes.check_shape(image, "image", ("H", "W", "C"))
   image = image.astype(np.float64)
   for axis in (0, 1):
     length = image.shape[axis]

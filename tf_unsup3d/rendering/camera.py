@@ -10,6 +10,8 @@ import math
 import tensorflow as tf
 from tensorflow_graphics.rendering.camera import perspective
 
+from tf_unsup3d import shapes
+
 
 def focal_length(image_size, fov):
   """Focal length in pixels for a square `image_size` image and `fov` degrees."""
@@ -47,8 +49,7 @@ def lift(depth, focal, principal_point):
   """
   with tf.name_scope("lift"):
     depth = tf.convert_to_tensor(depth, tf.float32)
-    if depth.shape.rank != 3:
-      raise ValueError(f"depth must be [B, H, W], got shape {depth.shape}.")
+    shapes.check_shape(depth, "depth", ("B", "H", "W"))
     height, width = tf.shape(depth)[1], tf.shape(depth)[2]
     grid = tf.broadcast_to(pixel_grid(height, width),
                            tf.concat([tf.shape(depth), [2]], axis=0))

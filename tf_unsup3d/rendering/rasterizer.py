@@ -16,6 +16,7 @@ from tensorflow_graphics.rendering import barycentrics
 from tensorflow_graphics.rendering import framebuffer as fb_lib
 from tensorflow_graphics.rendering import interpolate
 
+from tf_unsup3d import shapes
 from tf_unsup3d.rendering import camera
 
 # Normalised-barycentric tolerance of the inside test. Shared edges pass
@@ -228,8 +229,7 @@ def visible_triangles(screen, faces, height, width, triangle_chunk=128,
   with tf.name_scope("visible_triangles"):
     screen = tf.stop_gradient(tf.convert_to_tensor(screen, tf.float32))
     faces = tf.convert_to_tensor(faces, tf.int32)
-    if screen.shape.rank != 3 or screen.shape[-1] != 3:
-      raise ValueError(f"screen must be [B, V, 3], got {screen.shape}.")
+    shapes.check_shape(screen, "screen", ("B", "V", 3))
     batch = tf.shape(screen)[0]
     num_faces = faces.shape[0]
     num_pixels = batch * height * width

@@ -2,6 +2,7 @@
 
 import tensorflow as tf
 
+from tf_unsup3d import shapes
 from tf_unsup3d.rendering import camera
 from tf_unsup3d.rendering import rasterizer
 from tf_unsup3d.rendering import sampling
@@ -58,8 +59,7 @@ class Renderer:
   def _check_depth(self, depth):
     depth = tf.convert_to_tensor(depth, tf.float32)
     s = self.image_size
-    if depth.shape.rank != 3 or tuple(depth.shape[1:]) != (s, s):
-      raise ValueError(f"depth must be [B, {s}, {s}], got {depth.shape}.")
+    shapes.check_shape(depth, "depth", ("B", s, s))
     return depth
 
   def depth_to_points(self, depth):

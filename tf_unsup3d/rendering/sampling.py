@@ -2,6 +2,8 @@
 
 import tensorflow as tf
 
+from tf_unsup3d import shapes
+
 
 def bilinear_sample(image, grid):
   """Samples `image` at `grid` with corners aligned and zero padding.
@@ -22,10 +24,8 @@ def bilinear_sample(image, grid):
   with tf.name_scope("bilinear_sample"):
     image = tf.convert_to_tensor(image)
     grid = tf.convert_to_tensor(grid, image.dtype)
-    if image.shape.rank != 4:
-      raise ValueError(f"image must be [B, H, W, C], got shape {image.shape}.")
-    if grid.shape.rank != 4 or grid.shape[-1] != 2:
-      raise ValueError(f"grid must be [B, Ho, Wo, 2], got shape {grid.shape}.")
+    shapes.check_shape(image, "image", ("B", "H", "W", "C"))
+    shapes.check_shape(grid, "grid", ("B", "Ho", "Wo", 2))
     height, width = tf.shape(image)[1], tf.shape(image)[2]
     x = (grid[..., 0] + 1.0) * 0.5 * tf.cast(width - 1, image.dtype)
     y = (grid[..., 1] + 1.0) * 0.5 * tf.cast(height - 1, image.dtype)

@@ -5,6 +5,8 @@ import math
 import tensorflow as tf
 from tensorflow_graphics.rendering.reflectance import lambertian
 
+from tf_unsup3d import shapes
+
 _EPS = 1e-7
 
 
@@ -35,8 +37,7 @@ def normals_from_points(points):
     `[B, H, W, 3]` unit normals.
   """
   with tf.name_scope("normals_from_points"):
-    if points.shape.rank != 4 or points.shape[-1] != 3:
-      raise ValueError(f"points must be [B, H, W, 3], got {points.shape}.")
+    shapes.check_shape(points, "points", ("B", "H", "W", 3))
     tu = points[:, 1:-1, 2:] - points[:, 1:-1, :-2]
     tv = points[:, 2:, 1:-1] - points[:, :-2, 1:-1]
     normal = _cross(tu, tv)

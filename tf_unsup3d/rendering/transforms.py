@@ -8,12 +8,12 @@ about the centre C = (0, 0, rot_center_depth): P' = R (P - C) + C + t.
 import tensorflow as tf
 from tensorflow_graphics.geometry.transformation import rotation_matrix_3d
 
+from tf_unsup3d import shapes
+
 
 def _check_view(view):
   view = tf.convert_to_tensor(view, tf.float32)
-  if view.shape.rank != 2 or view.shape[-1] != 6:
-    raise ValueError(f"view must be [B, 6] (rx, ry, rz, tx, ty, tz), got "
-                     f"shape {view.shape}.")
+  shapes.check_shape(view, "view", ("B", 6), "(rx, ry, rz, tx, ty, tz)")
   return view
 
 

@@ -1,7 +1,8 @@
 r"""Exports the inference half of a trained model to LiteRT (TFLite).
 
-    python -m export.export_tflite --gin_file=gin_configs/synthetic.gin \
-        --checkpoint=runs/synthetic --output=unsup3d.tflite \
+    python -m tf_unsup3d.export.export_tflite \
+        --gin_file=gin_configs/synthetic.gin --checkpoint=runs/synthetic \
+        --output=unsup3d.tflite \
         [--quantization=none|float16|dynamic_int8] [--validate_against=DIR] \
         [--tolerance=QUANTITY=MAX ...]
 
@@ -76,14 +77,14 @@ QUANTITIES = {
 
 # Largest error allowed per quantity, in its unit (`QUANTITIES`), by
 # quantization; override one with --tolerance=QUANTITY=MAX. Set from the
-# maxima measured (`python -m export.measure`; README, TFLite) on a
+# maxima measured (`python -m tf_unsup3d.export.measure`; README, TFLite) on a
 # synthetic.gin model trained 625 steps and on random-weight models (nf 8
 # and 32) over smooth, noise and face images, with a margin of 4x or more
 # (float16, none) and 2x or more (dynamic_int8). Random weights are no guide
 # on their own: their views sit near 0, where errors are tiny, while a
-# trained model's views spread ~20x wider (the old absolute float16
-# tolerance of 5e-5 rad refused trained models). Normals are derivatives of
-# depth, so small depth errors become large normal (and shading) errors:
+# trained model's views spread ~20x wider (a float16 tolerance of 5e-5 rad,
+# enough for random weights, refuses trained models). Normals are derivatives
+# of depth, so small depth errors become large normal (and shading) errors:
 # under dynamic_int8 those two are bounded only by their range (180 degrees,
 # 1); use float16 or none when they matter.
 TOLERANCES = {

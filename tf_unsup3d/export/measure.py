@@ -1,6 +1,6 @@
 r"""TFLite accuracy and SavedModel / TFLite latency, for README's tables.
 
-    python -m export.measure --gin_file=gin_configs/synthetic.gin \
+    python -m tf_unsup3d.export.measure --gin_file=gin_configs/synthetic.gin \
         [--checkpoint=runs/synthetic] [--runs=20] [--seeds=3]
 
 Exports the model (random weights without --checkpoint) to a temporary
@@ -18,10 +18,10 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
-from export import export_savedmodel
-from export import export_tflite
 from tf_unsup3d import checkpoints
 from tf_unsup3d import configurable
+from tf_unsup3d.export import export_savedmodel
+from tf_unsup3d.export import export_tflite
 
 
 def median_latency_ms(fn, runs):

@@ -1,7 +1,7 @@
 r"""Exports a trained model as a TensorFlow Serving SavedModel.
 
-    python -m export.export_savedmodel --gin_file=gin_configs/synthetic.gin \
-        --checkpoint=runs/synthetic --output_dir=exported/unsup3d \
+    python -m tf_unsup3d.export.export_savedmodel \
+        --gin_file=gin_configs/synthetic.gin --checkpoint=runs/synthetic --output_dir=exported/unsup3d \
         [--version=N] [--overwrite] [--max_pixels=16777216]
 
 Writes `output_dir/<version>/` (default version: one above the highest
@@ -35,11 +35,11 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from export.serving import client
 from tf_unsup3d import checkpoints
 from tf_unsup3d import configurable
 from tf_unsup3d import model as model_lib
 from tf_unsup3d import preprocessing
+from tf_unsup3d.export.serving import client
 
 IMAGES_SIGNATURE = client.IMAGES_SIGNATURE
 BYTES_SIGNATURE = client.BYTES_SIGNATURE

@@ -1,10 +1,11 @@
 r"""gRPC and REST clients for the unsup3d model on TensorFlow Serving.
 
-    python -m export.serving.client --server=localhost:8500 \
+    python -m tf_unsup3d.export.serving.client --server=localhost:8500 \
         --protocol=grpc face1.jpg face2.png [--output=outputs.npz]
-    python -m export.serving.client --server=localhost:8501 \
+    python -m tf_unsup3d.export.serving.client --server=localhost:8501 \
         --protocol=rest face1.jpg
-    python -m export.serving.client --detect_faces [--no_face=centre] photo.jpg
+    python -m tf_unsup3d.export.serving.client --detect_faces \
+        [--no_face=centre] photo.jpg
 
 Sends the encoded files to the `predict_images_bytes` signature (the server
 decodes, centre-crops and resizes them) and prints every output's shape and
@@ -29,6 +30,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from tf_unsup3d import cropping
 from tf_unsup3d import preprocessing
+from tf_unsup3d import shapes
 
 IMAGES_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "predict_images_bytes"
@@ -57,9 +59,7 @@ def _input_array(inputs, signature_name):
                        "files (bytes).")
     return array
   array = np.asarray(inputs, np.float32)
-  if array.ndim != 4 or array.shape[-1] != 3:
-    raise ValueError(f"images must be [N, 64, 64, 3] floats in [0, 1], got "
-                     f"shape {array.shape}.")
+  shapes.check_shape(array, "images", ("N", 64, 64, 3), "floats in [0, 1]")
   return array
 
 
