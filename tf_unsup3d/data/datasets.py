@@ -198,9 +198,12 @@ def check_files(paths, cache_path=None,
   todo = [p for p, k in keys.items() if stale(cache.get(k))]
   if todo:
     logging.info("Checking %d files for decode errors...", len(todo))
+    # The first file alone traces the checks' graphs once; first calls from
+    # several threads would each trace them.
+    cache[keys[todo[0]]] = _inspect(todo[0], max_pixels)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
       for path, entry in zip(
-          todo, pool.map(lambda p: _inspect(p, max_pixels), todo)):
+          todo[1:], pool.map(lambda p: _inspect(p, max_pixels), todo[1:])):
         cache[keys[path]] = entry
     if cache_path:
       # The workers of one run may write the same cache at once.
