@@ -308,3 +308,36 @@ def test_mixed_bfloat16_step_stays_close_to_float32(model_kwargs):
     a, b = pick(grads32), pick(grads16)
     cosine = a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
     assert cosine > 0.8, (net, cosine)
+
+
+def test_forward_and_losses_at_128():
+  """S = 128: every output at 128 (conf_sigma_perc at 32), finite losses."""
+  s = 128
+  model = tiny_model(image_size=s)
+  x = tf.constant(np.random.default_rng(3).uniform(0, 1, (1, s, s, 3)),
+                  tf.float32)
+  out = model(x)
+  sizes = {"B": 1, "S": s, "S/4": s // 4}
+  shape = lambda text: tuple(int(d) if d.isdigit() else sizes[d]
+                             for d in text.strip("[]").split(", "))
+  assert ({k: tuple(v.shape) for k, v in out.items()} ==
+          {k: shape(text) for k, (text, _) in model_lib.OUTPUTS.items()})
+  terms = model.compute_losses(x, out)
+  assert {"perceptual", "photometric"} <= set(terms)
+  assert all(np.isfinite(float(v)) for v in terms.values())
+
+
+def test_relu4_3_sizes_the_perceptual_confidence():
+  """vgg_layer='relu4_3': S/8 features and an S/8 perceptual confidence."""
+  model = tiny_model(vgg_layer="relu4_3")
+  x = images(1)
+  out = model(x)
+  assert out["conf_sigma_perc"].shape == (1, S // 8, S // 8, 2)
+  assert model.vgg(x).shape == (1, S // 8, S // 8, 512)
+  terms = model.compute_losses(x, out)
+  assert np.isfinite(float(terms["perceptual"]))
+
+
+def test_unknown_vgg_layer_is_value_error():
+  with pytest.raises(ValueError, match="relu4_3"):
+    tiny_model(vgg_layer="relu2_2")

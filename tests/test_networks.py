@@ -538,3 +538,215 @@ def test_vgg_explicit_weights_path_uses_torch_preprocessing(
 
 if __name__ == "__main__":
   raise SystemExit(pytest.main([__file__]))
+
+
+# --- Image sizes 64, 128, 256 ------------------------------------------------
+#
+# The layout for larger S, written down as channel ladders (multiples of nf):
+# the encoders' stride-2 stages at resolutions S/2, S/4, ..., 4, and the
+# decoders' resolutions 4, 8, ..., S/2 (the reverse). At 64 these are the
+# paper's ladders; each doubling adds one stage, with 8 nf at the coarse end.
+DOWN_LADDER = {64: [1, 2, 4, 8], 128: [1, 2, 4, 8, 8],
+               256: [1, 2, 4, 8, 8, 8]}
+UP_LADDER = {64: [8, 4, 2, 1], 128: [8, 8, 4, 2, 1],
+             256: [8, 8, 8, 4, 2, 1]}
+
+
+def sized_encoder(cout, nf, size):
+  layers = []
+  for m in DOWN_LADDER[size]:
+    layers += [conv(4, 2, 1, m * nf), RELU]
+  return layers + [conv(4, 1, 0, 8 * nf), RELU, conv(1, 1, 0, cout), TANH]
+
+
+def sized_down(nf, zdim, size):
+  ladder, layers = DOWN_LADDER[size], []
+  for i, m in enumerate(ladder):
+    last = i == len(ladder) - 1
+    layers += [conv(4, 2, 1, m * nf)] + ([] if last else [GN]) + [LRELU]
+  return layers + [conv(4, 1, 0, zdim), RELU]
+
+
+def sized_eddeconv(cout, zdim, nf, size, tanh):
+  first, *rest = UP_LADDER[size]
+  up = [deconv(4, 1, 0, first * nf), RELU, conv(3, 1, 1, first * nf), RELU]
+  for m in rest:
+    up += [deconv(4, 2, 1, m * nf), GN, RELU, conv(3, 1, 1, m * nf), GN, RELU]
+  up += [UP, conv(3, 1, 1, nf), GN, RELU, conv(5, 1, 2, nf), GN, RELU,
+         conv(5, 1, 2, cout)]
+  return sized_down(nf, zdim, size) + up + ([TANH] if tanh else [])
+
+
+def sized_confnet(zdim, nf, size, downsample):
+  """Trunk to S/downsample, the perceptual head there, the full head up to S
+  (its last stage nf wide)."""
+  first, *rest = UP_LADDER[size]
+  widths = rest + [1]  # at resolutions 8, ..., S/2, S
+  resolutions = [8 * 2 ** i for i in range(len(widths))]
+  trunk = sized_down(nf, zdim, size) + [deconv(4, 1, 0, first * nf), RELU]
+  full = []
+  for r, m in zip(resolutions, widths):
+    stage = [deconv(4, 2, 1, m * nf), GN, RELU]
+    if r <= size // downsample:
+      trunk += stage
+    else:
+      full += stage
+  return trunk, full + [conv(5, 1, 2, 2), SOFTPLUS], [conv(3, 1, 1, 2),
+                                                      SOFTPLUS]
+
+
+def test_sized_layer_lists_at_64_are_the_papers():
+  """The ladders reproduce the hand-written 64x64 lists above."""
+  assert sized_encoder(6, NF, 64) == expected_encoder(6, NF)
+  assert sized_eddeconv(3, ZDIM, NF, 64, True) == expected_eddeconv(
+      3, ZDIM, NF, True)
+  assert sized_confnet(ZDIM, NF, 64, 4) == expected_confnet(ZDIM, NF)
+
+
+def sized_params(tokens, cin):
+  """k * k * cin * cout per conv, 2 * C per GroupNorm, along a layer list."""
+  total, channels = 0, cin
+  for token in tokens:
+    if token[0] in ("conv", "deconv"):
+      total += token[1] ** 2 * channels * token[4]
+      channels = token[4]
+    elif token == GN:
+      total += 2 * channels
+  return total
+
+
+# Written out for nf = 8, zdim = 16, 3 input channels: (k*k*cin*cout per
+# conv, 2*C per GroupNorm); S = 64 equals encoder_params etc. above.
+ENCODER_128_PARAMS = (16 * 3 * 8 + 16 * 8 * 16 + 16 * 16 * 32 +
+                      16 * 32 * 64 + 16 * 64 * 64 + 16 * 64 * 64 + 64 * 6)
+DOWN_128_PARAMS = (16 * 3 * 8 + 16 + 16 * 8 * 16 + 32 + 16 * 16 * 32 + 64 +
+                   16 * 32 * 64 + 128 + 16 * 64 * 64 + 16 * 64 * 16)
+EDDECONV_128_PARAMS = DOWN_128_PARAMS + (
+    16 * 16 * 64 + 9 * 64 * 64 +                          # 4x4
+    16 * 64 * 64 + 128 + 9 * 64 * 64 + 128 +              # 8x8
+    16 * 64 * 32 + 64 + 9 * 32 * 32 + 64 +                # 16x16
+    16 * 32 * 16 + 32 + 9 * 16 * 16 + 32 +                # 32x32
+    16 * 16 * 8 + 16 + 9 * 8 * 8 + 16 +                   # 64x64
+    9 * 8 * 8 + 16 + 25 * 8 * 8 + 16 + 25 * 8 * 3)        # 128x128
+CONFNET_128_PARAMS = DOWN_128_PARAMS + (
+    16 * 16 * 64 + 16 * 64 * 64 + 128 + 16 * 64 * 32 + 64 +
+    16 * 32 * 16 + 32 +                                   # trunk to 32x32
+    16 * 16 * 8 + 16 + 16 * 8 * 8 + 16 + 25 * 8 * 2 +     # full head
+    9 * 16 * 2)                                           # quarter head
+
+
+@pytest.mark.parametrize("size", [64, 128, 256])
+def test_layer_lists_and_parameter_counts_per_size(size):
+  """Each network at S: the ladder's layer list, and trainable parameters
+  equal to the list's k*k*cin*cout + 2*C (and, at 64 and 128, to the
+  counts written out by hand)."""
+  nets = {
+      "encoder": networks.Encoder(6, nf=NF, image_size=size),
+      "albedo": networks.EDDeconv(3, zdim=ZDIM, nf=NF, activation="tanh",
+                                  image_size=size),
+      "conf": networks.ConfNet(2, zdim=ZDIM, nf=NF, image_size=size),
+  }
+  for net in nets.values():
+    net.build((None, size, size, 3))
+  trunk, full, quarter = sized_confnet(ZDIM, NF, size, 4)
+  expected = {"encoder": sized_encoder(6, NF, size),
+              "albedo": sized_eddeconv(3, ZDIM, NF, size, tanh=True),
+              "conf": trunk + full + quarter}
+  for name, net in nets.items():
+    assert describe(leaf_layers(net)) == expected[name], name
+  conf = nets["conf"]
+  assert describe(conf.trunk.layers) == trunk
+  assert describe(conf.quarter_head.layers) == quarter
+  counts = {name: count(net.trainable_weights) for name, net in nets.items()}
+  quarter_cin = trunk[-3][4]
+  assert counts == {
+      "encoder": sized_params(expected["encoder"], 3),
+      "albedo": sized_params(expected["albedo"], 3),
+      "conf": sized_params(trunk + full, 3) + sized_params(quarter,
+                                                           quarter_cin)}
+  by_hand = {64: {"encoder": encoder_params(3, 6, NF),
+                  "albedo": eddeconv_params(3, 3, ZDIM, NF),
+                  "conf": confnet_params(3, ZDIM, NF)},
+             128: {"encoder": ENCODER_128_PARAMS,
+                   "albedo": EDDECONV_128_PARAMS,
+                   "conf": CONFNET_128_PARAMS}}
+  if size in by_hand:
+    assert counts == by_hand[size]
+
+
+@pytest.mark.parametrize("size", [64, 128, 256])
+def test_output_shapes_per_size(size):
+  """[B, cout]; [B, S, S, cout]; ([B, S, S, 2], [B, S/4, S/4, 2]) and with
+  perc_downsample 8 [B, S/8, S/8, 2]."""
+  x = tf.random.uniform([1, size, size, 3], -1.0, 1.0, seed=2)
+  assert networks.Encoder(4, nf=4, image_size=size)(x).shape == (1, 4)
+  depth = networks.EDDeconv(1, zdim=8, nf=4, image_size=size)(x)
+  assert depth.shape == (1, size, size, 1)
+  assert np.all(np.isfinite(depth.numpy()))
+  for downsample in (4, 8):
+    full, perc = networks.ConfNet(2, zdim=8, nf=4, image_size=size,
+                                  perc_downsample=downsample)(x)
+    assert full.shape == (1, size, size, 2)
+    assert perc.shape == (1, size // downsample, size // downsample, 2)
+    assert np.all(full.numpy() > 0) and np.all(perc.numpy() > 0)
+
+
+@pytest.mark.parametrize("make", [
+    lambda s: networks.Encoder(4, nf=NF, image_size=s),
+    lambda s: networks.EDDeconv(1, zdim=ZDIM, nf=NF, image_size=s),
+    lambda s: networks.ConfNet(2, zdim=ZDIM, nf=NF, image_size=s)])
+@pytest.mark.parametrize("size", [32, 96, 512])
+def test_unsupported_image_size_is_value_error(make, size):
+  """Only 64, 128 and 256: the error names them."""
+  with pytest.raises(ValueError, match=r"\(64, 128, 256\)"):
+    make(size)
+
+
+def test_input_of_the_wrong_size_names_the_networks_size():
+  net = networks.EDDeconv(1, zdim=ZDIM, nf=NF, image_size=128)
+  with pytest.raises(ValueError, match=r"\[B, 128, 128, C\]"):
+    net(tf.zeros([1, 64, 64, 3]))
+
+
+def test_confnet_perc_downsample_other_than_4_or_8_is_value_error():
+  with pytest.raises(ValueError, match="perc_downsample"):
+    networks.ConfNet(2, zdim=ZDIM, nf=NF, perc_downsample=2)
+
+
+@pytest.mark.parametrize("layer,downsample,channels", [
+    ("relu3_3", 4, 256), ("relu4_3", 8, 512)])
+def test_vgg_layer_resolution(layer, downsample, channels):
+  """relu3_3: [B, H/4, W/4, 256]; relu4_3: [B, H/8, W/8, 512]."""
+  vgg = networks.VGGFeatures(weights=None, layer=layer)
+  assert vgg.downsample == downsample == networks.vgg_downsample(layer)
+  x = np.random.default_rng(9).uniform(-1, 1, (1, 64, 32, 3))
+  assert vgg(x.astype(np.float32)).shape == (
+      1, 64 // downsample, 32 // downsample, channels)
+
+
+def test_unknown_vgg_layer_is_value_error():
+  with pytest.raises(ValueError, match="relu3_3"):
+    networks.VGGFeatures(weights=None, layer="relu5_3")
+
+
+def test_torchvision_weights_for_relu4_3_need_block4():
+  """relu3_3 reads features.0 ... 14; relu4_3 also 17, 19, 21, and names a
+  missing one."""
+  rng = np.random.default_rng(10)
+  shapes = {0: (64, 3), 2: (64, 64), 5: (128, 64), 7: (128, 128),
+            10: (256, 128), 12: (256, 256), 14: (256, 256)}
+  state = {}
+  for index, (cout, cin) in shapes.items():
+    state[f"features.{index}.weight"] = rng.normal(size=(cout, cin, 3, 3))
+    state[f"features.{index}.bias"] = rng.normal(size=cout)
+  assert len(networks.torchvision_vgg16_weights(state)) == 7
+  with pytest.raises(ValueError, match=r"features\.17\.weight is missing"):
+    networks.torchvision_vgg16_weights(state, layer="relu4_3")
+  for index, cin in ((17, 256), (19, 512), (21, 512)):
+    state[f"features.{index}.weight"] = rng.normal(size=(512, cin, 3, 3))
+    state[f"features.{index}.bias"] = rng.normal(size=512)
+  weights = networks.torchvision_vgg16_weights(state, layer="relu4_3")
+  assert weights["block4_conv3"][0].shape == (3, 3, 512, 512)
+  np.testing.assert_array_equal(
+      weights["block4_conv1"][0],
+      state["features.17.weight"].transpose(2, 3, 1, 0).astype(np.float32))

@@ -51,7 +51,8 @@ OUTPUTS = {
     "conf_sigma_l1": ("[B, S, S, 2]", "photometric confidence sigma > 0 "
                       "(original, mirrored); only with use_conf_map"),
     "conf_sigma_perc": ("[B, S/4, S/4, 2]", "perceptual confidence sigma > 0 "
-                        "(original, mirrored); only with use_conf_map"),
+                        "(original, mirrored); only with use_conf_map; "
+                        "S/8 with vgg_layer='relu4_3'"),
     "recon_image": ("[B, S, S, 3]", "reconstruction in the input view, [0, 1]"
                     " (0.5 where recon_mask is 0)"),
     "recon_image_flip": ("[B, S, S, 3]", "the same from the mirrored "
@@ -121,11 +122,13 @@ class Unsup3D(keras.Model):
                light_view_nf=32,
                conf_zdim=128,
                vgg_weights="imagenet",
+               vgg_layer="relu3_3",
                triangle_chunk=128,
                name="unsup3d",
                **kwargs):
     """Args:
-      image_size: S, side of the square input in pixels (the networks need 64).
+      image_size: S, side of the square input in pixels: 64 (the paper's
+        networks), 128 or 256 (one more stride-2 stage per doubling).
       fov: camera field of view in degrees.
       min_depth, max_depth: canonical depth range in scene units.
       border_depth: depth of the two leftmost/rightmost columns; default
@@ -148,12 +151,15 @@ class Unsup3D(keras.Model):
         `VGGFeatures`): 'imagenet' (Keras' cached file, else torchvision's),
         'torchvision' (the paper's network, `vgg16-397923af.pth`), 'keras',
         a path, or None (random, for tests).
+      vgg_layer: its feature layer, 'relu3_3' (the paper's, S/4 features)
+        or 'relu4_3' (S/8); conf_sigma_perc has the features' resolution.
       triangle_chunk: triangles per step of the visibility pass.
     """
     super().__init__(name=name, **kwargs)
-    if image_size != 64:
-      raise ValueError(
-          f"image_size={image_size}: the paper's networks need 64x64 inputs.")
+    if image_size not in networks.IMAGE_SIZES:
+      raise ValueError(f"image_size={image_size}: the networks take "
+                       f"image_size in {networks.IMAGE_SIZES}.")
+    perc_downsample = networks.vgg_downsample(vgg_layer)
     self.image_size = image_size
     self.min_depth = float(min_depth)
     self.max_depth = float(max_depth)
@@ -178,16 +184,21 @@ class Unsup3D(keras.Model):
         image_size=image_size, fov=fov, min_depth=min_depth,
         max_depth=max_depth, rot_center_depth=rot_center_depth,
         triangle_chunk=triangle_chunk)
+    s = image_size
     self.net_depth = networks.EDDeconv(1, zdim=zdim, nf=nf, activation=None,
-                                       name="net_depth")
+                                       image_size=s, name="net_depth")
     self.net_albedo = networks.EDDeconv(3, zdim=zdim, nf=nf,
-                                        activation="tanh", name="net_albedo")
-    self.net_light = networks.Encoder(4, nf=light_view_nf, name="net_light")
-    self.net_view = networks.Encoder(6, nf=light_view_nf, name="net_view")
-    self.net_conf = (networks.ConfNet(2, zdim=conf_zdim, nf=nf,
+                                        activation="tanh", image_size=s,
+                                        name="net_albedo")
+    self.net_light = networks.Encoder(4, nf=light_view_nf, image_size=s,
+                                      name="net_light")
+    self.net_view = networks.Encoder(6, nf=light_view_nf, image_size=s,
+                                     name="net_view")
+    self.net_conf = (networks.ConfNet(2, zdim=conf_zdim, nf=nf, image_size=s,
+                                      perc_downsample=perc_downsample,
                                       name="net_conf")
                      if self.use_conf_map else None)
-    self.vgg = (networks.VGGFeatures(weights=vgg_weights)
+    self.vgg = (networks.VGGFeatures(weights=vgg_weights, layer=vgg_layer)
                 if self.lam_perc > 0 else None)
 
   def build(self, input_shape):

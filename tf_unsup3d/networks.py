@@ -4,7 +4,9 @@ Layer for layer as the reference PyTorch code: no conv biases, PyTorch's
 explicit paddings (ZeroPadding2D + 'valid' convolutions, and 'valid'
 transposed convolutions cropped by one pixel for padding=1), GroupNorm with
 4 channels per group (epsilon 1e-5) and PyTorch's default initialisation.
-Inputs are channels-last images in [-1, 1]; the architecture needs 64x64.
+Inputs are channels-last SxS images in [-1, 1], S in IMAGE_SIZES; S = 64 is
+the paper's architecture, each doubling adds one stride-2 stage per
+encoder and decoder (channels capped at 8 nf).
 """
 
 import os
@@ -77,112 +79,176 @@ def _check_nf(nf):
                      f"channels per group), got {nf}.")
 
 
-def _check_input(x, name):
-  shapes.check_shape(x, f"{name} input", ("B", 64, 64, "C"),
-                     "images (64x64: the paper's architecture)",
+IMAGE_SIZES = (64, 128, 256)
+
+
+def _check_image_size(image_size):
+  if image_size not in IMAGE_SIZES:
+    raise ValueError(f"image_size must be one of {IMAGE_SIZES} (the networks "
+                     f"have one stride-2 stage per halving down to 4x4), got "
+                     f"{image_size}.")
+
+
+def _check_input(x, name, image_size):
+  s = image_size
+  shapes.check_shape(x, f"{name} input", ("B", s, s, "C"),
+                     f"images ({s}x{s}: this network's image_size)",
                      unknown_ok=True)
 
 
-def _network_input_shape(input_shape):
-  """The 64x64 shape to build with; `call` rejects other sizes clearly."""
-  return (None, 64, 64, input_shape[-1])
+def _network_input_shape(input_shape, image_size):
+  """The SxS shape to build with; `call` rejects other sizes clearly."""
+  return (None, image_size, image_size, input_shape[-1])
 
 
-def _down(nf, zdim):
-  """The shared encoder of EDDeconv and ConfNet: 64x64 -> 1x1 x zdim."""
-  return (_conv(nf, 4, 2, 1) + _gn(nf) + _lrelu() +
-          _conv(nf * 2, 4, 2, 1) + _gn(nf * 2) + _lrelu() +
-          _conv(nf * 4, 4, 2, 1) + _gn(nf * 4) + _lrelu() +
-          _conv(nf * 8, 4, 2, 1) + _lrelu() +
-          _conv(zdim, 4) + _relu())
+def _width(nf, image_size, resolution):
+  """Channels of the stage at `resolution` (of an SxS input).
+
+  nf at S/2, doubling per halving and capped at 8 nf (nf at full
+  resolution too): at S = 64, nf, 2nf, 4nf, 8nf at 32, 16, 8, 4, the
+  paper's ladder; larger S repeat 8 nf at the coarse end.
+  """
+  return nf * min(max(image_size // (2 * resolution), 1), 8)
+
+
+def _halvings(image_size):
+  """Resolutions after each stride-2 stage: S/2, S/4, ..., 4."""
+  sizes, r = [], image_size // 2
+  while r >= 4:
+    sizes.append(r)
+    r //= 2
+  return sizes
+
+
+def _down(nf, zdim, image_size):
+  """The shared encoder of EDDeconv and ConfNet: SxS -> 1x1 x zdim.
+
+  Stride-2 convs to S/2 ... 4, GroupNorm in every stage but the last.
+  """
+  sizes = _halvings(image_size)
+  layers = []
+  for r in sizes:
+    c = _width(nf, image_size, r)
+    layers += _conv(c, 4, 2, 1) + (_gn(c) if r > 4 else []) + _lrelu()
+  return layers + _conv(zdim, 4) + _relu()
+
+
+def _up_from_code(nf, image_size):
+  """1x1 code -> 4x4 features: the valid 4x4 deconv (no GroupNorm)."""
+  return _deconv(_width(nf, image_size, 4), 4) + _relu()
+
+
+def _up_stage(nf, image_size, resolution):
+  """x2 deconv to `resolution`, GroupNorm, ReLU."""
+  c = _width(nf, image_size, resolution)
+  return _deconv(c, 4, 2, 1) + _gn(c) + _relu()
 
 
 class Encoder(keras.Model):
-  """Image `[B, 64, 64, C]` in [-1, 1] -> `[B, cout]` in [-1, 1] (tanh).
+  """Image `[B, S, S, C]` in [-1, 1] -> `[B, cout]` in [-1, 1] (tanh).
 
-  Light (cout 4) and view (cout 6) encoders, nf 32 in the paper.
+  Light (cout 4) and view (cout 6) encoders, nf 32 in the paper; S in
+  `IMAGE_SIZES` (64 is the paper's).
   """
 
-  def __init__(self, cout, nf=64, **kwargs):
+  def __init__(self, cout, nf=64, image_size=64, **kwargs):
     super().__init__(**kwargs)
+    _check_image_size(image_size)
     self.cout = cout
+    self.image_size = image_size
+    layers = []
+    for r in _halvings(image_size):
+      layers += _conv(_width(nf, image_size, r), 4, 2, 1) + _relu()
     self.body = keras.Sequential(
-        _conv(nf, 4, 2, 1) + _relu() + _conv(nf * 2, 4, 2, 1) + _relu() +
-        _conv(nf * 4, 4, 2, 1) + _relu() + _conv(nf * 8, 4, 2, 1) + _relu() +
-        _conv(nf * 8, 4) + _relu() + _output(cout, 1, activation="tanh"))
+        layers + _conv(nf * 8, 4) + _relu() +
+        _output(cout, 1, activation="tanh"))
 
   def build(self, input_shape):
-    self.body.build(_network_input_shape(input_shape))
+    self.body.build(_network_input_shape(input_shape, self.image_size))
 
   def call(self, x, training=False):
-    _check_input(x, self.name)
+    _check_input(x, self.name, self.image_size)
     return tf.reshape(self.body(x, training=training), [-1, self.cout])
 
 
 class EDDeconv(keras.Model):
-  """Encoder-decoder: `[B, 64, 64, C]` in [-1, 1] -> `[B, 64, 64, cout]`.
+  """Encoder-decoder: `[B, S, S, C]` in [-1, 1] -> `[B, S, S, cout]`.
 
   Depth (cout 1, no activation) and albedo (cout 3, tanh in [-1, 1]) nets;
-  zdim 256 and nf 64 in the paper.
+  zdim 256 and nf 64 in the paper; S in `IMAGE_SIZES` (64 is the paper's).
   """
 
-  def __init__(self, cout, zdim=256, nf=64, activation=None, **kwargs):
+  def __init__(self, cout, zdim=256, nf=64, activation=None, image_size=64,
+               **kwargs):
     super().__init__(**kwargs)
     _check_nf(nf)
+    _check_image_size(image_size)
     if activation not in (None, "tanh"):
       raise ValueError(f"activation must be None or 'tanh', got {activation}.")
-    up = (_deconv(nf * 8, 4) + _relu() +
-          _conv(nf * 8, 3, 1, 1) + _relu() +
-          _deconv(nf * 4, 4, 2, 1) + _gn(nf * 4) + _relu() +
-          _conv(nf * 4, 3, 1, 1) + _gn(nf * 4) + _relu() +
-          _deconv(nf * 2, 4, 2, 1) + _gn(nf * 2) + _relu() +
-          _conv(nf * 2, 3, 1, 1) + _gn(nf * 2) + _relu() +
-          _deconv(nf, 4, 2, 1) + _gn(nf) + _relu() +
-          _conv(nf, 3, 1, 1) + _gn(nf) + _relu() +
-          [keras.layers.UpSampling2D(2, interpolation="nearest")] +
-          _conv(nf, 3, 1, 1) + _gn(nf) + _relu() +
-          _conv(nf, 5, 1, 2) + _gn(nf) + _relu() +
-          _output(cout, 5, 2, activation))
-    self.body = keras.Sequential(_down(nf, zdim) + up)
+    self.image_size = s = image_size
+    c4 = _width(nf, s, 4)
+    up = _up_from_code(nf, s) + _conv(c4, 3, 1, 1) + _relu()
+    for r in reversed(_halvings(s)[:-1]):  # 8 ... S/2
+      c = _width(nf, s, r)
+      up += _up_stage(nf, s, r) + _conv(c, 3, 1, 1) + _gn(c) + _relu()
+    up += ([keras.layers.UpSampling2D(2, interpolation="nearest")] +
+           _conv(nf, 3, 1, 1) + _gn(nf) + _relu() +
+           _conv(nf, 5, 1, 2) + _gn(nf) + _relu() +
+           _output(cout, 5, 2, activation))
+    self.body = keras.Sequential(_down(nf, zdim, s) + up)
 
   def build(self, input_shape):
-    self.body.build(_network_input_shape(input_shape))
+    self.body.build(_network_input_shape(input_shape, self.image_size))
 
   def call(self, x, training=False):
-    _check_input(x, self.name)
+    _check_input(x, self.name, self.image_size)
     return self.body(x, training=training)
 
 
 class ConfNet(keras.Model):
-  """Confidence maps: `[B, 64, 64, C]` -> (`[B, 64, 64, cout]`, `[B, 16, 16, cout]`).
+  """Confidence maps: `[B, S, S, C]` -> (`[B, S, S, cout]`,
+  `[B, S/d, S/d, cout]`), d = `perc_downsample`.
 
-  Both softplus (> 0): the photometric and the perceptual (quarter
-  resolution) confidence, channel 0 for the original, 1 for the mirrored
-  branch. zdim 128 and nf 64 in the paper.
+  Both softplus (> 0): the photometric and the perceptual confidence
+  (at the perceptual features' resolution: d = 4 for VGG16 relu3_3, 8 for
+  relu4_3), channel 0 for the original, 1 for the mirrored branch. The
+  trunk decodes to S/d, where the perceptual head (`quarter_head`, a 3x3
+  conv) reads it; the full head doubles d times more. zdim 128 and nf 64
+  in the paper; S in `IMAGE_SIZES` (64 is the paper's).
   """
 
-  def __init__(self, cout=2, zdim=128, nf=64, **kwargs):
+  def __init__(self, cout=2, zdim=128, nf=64, image_size=64,
+               perc_downsample=4, **kwargs):
     super().__init__(**kwargs)
     _check_nf(nf)
-    self.trunk = keras.Sequential(
-        _down(nf, zdim) + _deconv(nf * 8, 4) + _relu() +
-        _deconv(nf * 4, 4, 2, 1) + _gn(nf * 4) + _relu() +
-        _deconv(nf * 2, 4, 2, 1) + _gn(nf * 2) + _relu())
-    self.full_head = keras.Sequential(
-        _deconv(nf, 4, 2, 1) + _gn(nf) + _relu() +
-        _deconv(nf, 4, 2, 1) + _gn(nf) + _relu() +
-        _output(cout, 5, 2, "softplus"))
+    _check_image_size(image_size)
+    if perc_downsample not in (4, 8):
+      raise ValueError(f"perc_downsample must be 4 or 8, got "
+                       f"{perc_downsample}.")
+    self.image_size = s = image_size
+    self.perc_downsample = perc_downsample
+    ups = list(reversed(_halvings(s)[:-1])) + [s]  # 8, ..., S/2, S
+    trunk_sizes = [r for r in ups if r <= s // perc_downsample]
+    head_sizes = [r for r in ups if r > s // perc_downsample]
+    trunk = _down(nf, zdim, s) + _up_from_code(nf, s)
+    for r in trunk_sizes:
+      trunk += _up_stage(nf, s, r)
+    full = []
+    for r in head_sizes:
+      full += _up_stage(nf, s, r)
+    self.trunk = keras.Sequential(trunk)
+    self.full_head = keras.Sequential(full + _output(cout, 5, 2, "softplus"))
     self.quarter_head = keras.Sequential(_output(cout, 3, 1, "softplus"))
 
   def build(self, input_shape):
-    input_shape = _network_input_shape(input_shape)
+    input_shape = _network_input_shape(input_shape, self.image_size)
     self.trunk.build(input_shape)
     features_shape = self.trunk.compute_output_shape(input_shape)
     self.full_head.build(features_shape)
     self.quarter_head.build(features_shape)
 
   def call(self, x, training=False):
-    _check_input(x, self.name)
+    _check_input(x, self.name, self.image_size)
     features = self.trunk(x, training=training)
     return (self.full_head(features, training=training),
             self.quarter_head(features, training=training))
@@ -226,25 +292,46 @@ def torch_hub_vgg16_path():
   return os.path.join(home, "hub", "checkpoints", TORCHVISION_VGG16_FILE)
 
 
-# torchvision's vgg16().features indices of the convolutions before relu3_3
-# (ReLUs and max-pools in between), by the Keras VGG16 layer they fill, and
-# the torch weight shape [out, in, kh, kw] each must have.
+# torchvision's vgg16().features indices of the convolutions (ReLUs and
+# max-pools in between), by the Keras VGG16 layer they fill, and the torch
+# weight shape [out, in, kh, kw] each must have; relu3_3 needs the first
+# seven, relu4_3 all ten.
 _TORCHVISION_CONVS = (
     ("block1_conv1", 0, (64, 3)), ("block1_conv2", 2, (64, 64)),
     ("block2_conv1", 5, (128, 64)), ("block2_conv2", 7, (128, 128)),
     ("block3_conv1", 10, (256, 128)), ("block3_conv2", 12, (256, 256)),
-    ("block3_conv3", 14, (256, 256)))
+    ("block3_conv3", 14, (256, 256)), ("block4_conv1", 17, (512, 256)),
+    ("block4_conv2", 19, (512, 512)), ("block4_conv3", 21, (512, 512)))
+
+# Perceptual feature layer -> (its Keras VGG16 layer, convolutions up to it,
+# downsampling factor of its features).
+VGG_LAYERS = {"relu3_3": ("block3_conv3", 7, 4),
+              "relu4_3": ("block4_conv3", 10, 8)}
 
 
-def torchvision_vgg16_weights(state_dict, source="the state dict"):
-  """Keras weights of torchvision's VGG16 convolutions up to relu3_3.
+def _check_vgg_layer(layer):
+  if layer not in VGG_LAYERS:
+    raise ValueError(f"VGG layer must be one of {sorted(VGG_LAYERS)}, got "
+                     f"{layer!r}.")
+
+
+def vgg_downsample(layer):
+  """Feature downsampling of VGG16 `layer`: 4 for relu3_3, 8 for relu4_3."""
+  _check_vgg_layer(layer)
+  return VGG_LAYERS[layer][2]
+
+
+def torchvision_vgg16_weights(state_dict, source="the state dict",
+                              layer="relu3_3"):
+  """Keras weights of torchvision's VGG16 convolutions up to `layer`.
 
   Args:
     state_dict: torchvision `vgg16().state_dict()` as NumPy arrays:
       `features.N.weight` [out, in, 3, 3] and `features.N.bias` [out] for
-      N in 0, 2, 5, 7, 10, 12, 14; other entries (deeper layers, the
-      classifier) are ignored.
+      N in 0, 2, 5, 7, 10, 12, 14 (relu3_3), and 17, 19, 21 (relu4_3);
+      other entries (deeper layers, the classifier) are ignored.
     source: what to call the state dict in errors (its file).
+    layer: the deepest feature layer used, a key of `VGG_LAYERS`.
 
   Returns:
     Keras VGG16 layer name -> (kernel [3, 3, in, out], bias [out]), float32.
@@ -255,8 +342,10 @@ def torchvision_vgg16_weights(state_dict, source="the state dict"):
   if not isinstance(state_dict, dict):
     raise ValueError(f"{source} holds a {type(state_dict).__name__}, not "
                      "torchvision's VGG16 state dict.")
+  _check_vgg_layer(layer)
   weights, problems = {}, []
-  for layer, index, (cout, cin) in _TORCHVISION_CONVS:
+  convs = _TORCHVISION_CONVS[:VGG_LAYERS[layer][1]]
+  for layer, index, (cout, cin) in convs:
     tensors = []
     for key, shape in ((f"features.{index}.weight", (cout, cin, 3, 3)),
                        (f"features.{index}.bias", (cout,))):
@@ -342,10 +431,12 @@ def vgg16_weights_source(weights="imagenet", weights_path=None):
 
 @keras_configurable
 class VGGFeatures(keras.Model):
-  """Frozen VGG16 up to relu3_3 for the perceptual loss.
+  """Frozen VGG16 up to `layer` for the perceptual loss.
 
   `call(images)` maps `[B, H, W, 3]` images in [-1, 1] to `[B, H/4, W/4, 256]`
-  features. Weights are never downloaded. The paper's VGG16 is torchvision's
+  features at `layer='relu3_3'` (the paper's), or `[B, H/8, W/8, 512]` at
+  'relu4_3' (gin: `Unsup3D.vgg_layer`, which passes it on and sizes the
+  perceptual confidence map to match). Weights are never downloaded. The paper's VGG16 is torchvision's
   ImageNet model (`vgg16-397923af.pth`: RGB in [0, 1] normalised by the
   ImageNet mean and std, DESIGN section 1); Keras' ImageNet VGG16 was
   converted from Caffe and expects Caffe inputs (BGR, 0..255,
@@ -370,8 +461,9 @@ class VGGFeatures(keras.Model):
   """
 
   def __init__(self, weights="imagenet", weights_path=None,
-               preprocessing="auto", **kwargs):
+               preprocessing="auto", layer="relu3_3", **kwargs):
     super().__init__(**kwargs)
+    _check_vgg_layer(layer)
     if preprocessing not in ("auto", "torch", "caffe"):
       raise ValueError("preprocessing must be 'auto', 'torch' or 'caffe', got "
                        f"{preprocessing!r}.")
@@ -383,12 +475,14 @@ class VGGFeatures(keras.Model):
     elif file_format == "torchvision":
       state = torch_reader.load_torch_file(path)
       for name, (kernel, bias) in torchvision_vgg16_weights(
-          state, source=path).items():
+          state, source=path, layer=layer).items():
         vgg.get_layer(name).set_weights([kernel, bias])
     self.weights_file = path
+    self.layer = layer
+    self.downsample = VGG_LAYERS[layer][2]
     self.preprocessing = auto if preprocessing == "auto" else preprocessing
     self.features = keras.Model(vgg.input,
-                                vgg.get_layer("block3_conv3").output)
+                                vgg.get_layer(VGG_LAYERS[layer][0]).output)
     self.features.trainable = False
     self.trainable = False
 
