@@ -246,6 +246,20 @@ def test_the_flip_terms_weigh_one_before_their_start_epoch():
   assert at_once.lam_flip_at(0) == 0.5
 
 
+def test_the_flip_warmup_eases_from_its_initial_weight_to_lam_flip():
+  warm = train_lib.Schedules(1e-4, lam_flip=0.5, initial_lam_flip=2.0,
+                             lam_flip_warmup_steps=100)
+  assert warm.lam_flip_at(0, step=0) == pytest.approx(2.0)
+  # Half a cosine: the mean of the two ends halfway, monotone, then flat.
+  assert warm.lam_flip_at(0, step=50) == pytest.approx(1.25)
+  weights = [warm.lam_flip_at(0, step=s) for s in range(0, 101, 10)]
+  assert all(a > b for a, b in zip(weights, weights[1:]))
+  assert warm.lam_flip_at(3, step=100) == pytest.approx(0.5)
+  assert warm.lam_flip_at(5, step=10_000) == pytest.approx(0.5)
+  with pytest.raises(ValueError, match="lam_flip_warmup_steps > 0"):
+    train_lib.Schedules(1e-4, initial_lam_flip=2.0)
+
+
 def test_a_resumed_epoch_skips_the_batches_it_trained_on():
   # 4 steps an epoch.
   assert train_lib.batches_to_skip(0, 0, 4) == 0
@@ -290,7 +304,8 @@ class _StandIns:
 
   def __init__(self, steps_per_epoch=4, num_epochs=3, step=0, epoch=0,
                checkpoint_every_steps=3, max_steps=None, max_seconds=None,
-               lam_flip_start_epoch=1, loss=1.0):
+               lam_flip_start_epoch=1, loss=1.0, initial_lam_flip=None,
+               lam_flip_warmup_steps=0):
     self.trained, self.saved, self.validated = [], [], []
     self.clock = _Clock()
     self.loss = loss
@@ -307,7 +322,9 @@ class _StandIns:
                                  validate=self._validate)
     schedules = train_lib.Schedules(
         1e-3, "cosine", 0.0, lam_flip=0.5,
-        lam_flip_start_epoch=lam_flip_start_epoch)
+        lam_flip_start_epoch=lam_flip_start_epoch,
+        initial_lam_flip=initial_lam_flip,
+        lam_flip_warmup_steps=lam_flip_warmup_steps)
     budget = train_lib.Budget(num_epochs * steps_per_epoch, max_steps,
                               max_seconds, clock=self.clock)
     self.runner = train_lib.Runner(
@@ -366,6 +383,16 @@ def test_a_resumed_run_trains_the_rest_of_its_epoch():
   # Stopped within epoch 3 by max_steps: saved once, the epoch still open.
   assert run.saved == [(8, 2), (9, 2), (10, 2)]
   assert run.runner.start_step == 6 and run.runner.step == 10
+
+
+def test_each_step_trains_at_the_flip_warmup_weight_of_its_step():
+  run = _StandIns(step=2, epoch=0, max_steps=8, initial_lam_flip=2.0,
+                  lam_flip_warmup_steps=6)
+  run.runner.run()
+  np.testing.assert_allclose(
+      [f for _, _, f, _ in run.trained],
+      [train_lib.cosine_schedule(2.0, 0.5, k / 6) for k in range(2, 8)],
+      rtol=1e-6)
 
 
 def test_a_run_stops_when_its_time_is_spent():

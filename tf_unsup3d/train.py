@@ -282,6 +282,8 @@ class Schedules:
   final_lam_depth_sm: Optional[float] = None
   lam_flip: float = 0.5
   lam_flip_start_epoch: int = 0
+  initial_lam_flip: Optional[float] = None
+  lam_flip_warmup_steps: int = 0
 
   def __post_init__(self):
     if self.learning_rate_schedule not in ("constant", "cosine"):
@@ -290,6 +292,12 @@ class Schedules:
     if self.final_lam_depth_sm is not None and self.lam_depth_sm <= 0:
       raise ValueError("train.final_lam_depth_sm needs Unsup3D.lam_depth_sm "
                        "> 0 (the term is not computed otherwise).")
+    if self.initial_lam_flip is not None and (
+        self.initial_lam_flip < 0 or self.lam_flip_warmup_steps <= 0):
+      raise ValueError(
+          "train.initial_lam_flip needs a weight >= 0 and "
+          "train.lam_flip_warmup_steps > 0, got "
+          f"{self.initial_lam_flip} and {self.lam_flip_warmup_steps}.")
 
   def at(self, fraction):
     """(learning rate, depth-prior weight) with `fraction` of the budget
@@ -305,8 +313,17 @@ class Schedules:
                                      self.final_lam_depth_sm, fraction)
     return learning_rate, lam_depth_sm
 
-  def lam_flip_at(self, epoch):
-    """The flip terms' weight in epoch `epoch` (0-based)."""
+  def lam_flip_at(self, epoch, step=0):
+    """The flip terms' weight at `step` (over resumed runs too) of epoch
+    `epoch` (0-based).
+
+    With initial_lam_flip the weight starts there and eases along half a
+    cosine to lam_flip over lam_flip_warmup_steps steps; otherwise it is 1
+    before lam_flip_start_epoch and lam_flip from it on.
+    """
+    if self.initial_lam_flip is not None:
+      return float(cosine_schedule(self.initial_lam_flip, self.lam_flip,
+                                   step / self.lam_flip_warmup_steps))
     return 1.0 if epoch < self.lam_flip_start_epoch else self.lam_flip
 
 
@@ -533,7 +550,7 @@ class TensorBoardLogs:
     self._images_step = None  # the step of the newest factor images
 
   def write_step(self, step, terms, rate, learning_rate, lam_depth_sm, view,
-                 light):
+                 light, lam_flip=None):
     """The summaries of training step `step` that fall due.
 
     Args:
@@ -543,6 +560,7 @@ class TensorBoardLogs:
       learning_rate, lam_depth_sm: the step's schedule values.
       view: `[B, 6]` (rx, ry, rz in radians, tx, ty, tz).
       light: `[B, 4]` (ambient, diffuse, dx, dy).
+      lam_flip: the step's flip-term weight, or None.
     """
     if step % self.every_steps == 0:
       with self.writer.as_default(step=step):
@@ -551,6 +569,8 @@ class TensorBoardLogs:
         tf.summary.scalar("images_per_second", rate)
         tf.summary.scalar("schedule/learning_rate", learning_rate)
         tf.summary.scalar("schedule/lam_depth_sm", lam_depth_sm)
+        if lam_flip is not None:
+          tf.summary.scalar("schedule/lam_flip", lam_flip)
         tf.summary.histogram("view/rotation_deg", view[:, :3] * 180 / np.pi)
         tf.summary.histogram("view/translation", view[:, 3:])
         tf.summary.histogram("light/ambient_diffuse", light[:, :2])
@@ -609,6 +629,7 @@ class Runner:
     self.start_step = self.step
     self.learning_rate, self.lam_depth_sm = schedules.at(
         budget.fraction(self.start_step))
+    self.lam_flip = schedules.lam_flip_at(self.epoch, self.start_step)
     self.last_terms, self.val_scores = {}, {}
     self._saved = None  # (step, epoch) of this run's newest checkpoint
 
@@ -634,7 +655,6 @@ class Runner:
 
   def run_one_epoch(self):
     """Trains the rest of the current epoch; False if the budget ran out."""
-    lam_flip = tf.constant(self.schedules.lam_flip_at(self.epoch))
     print(f"Epoch {self.epoch + 1}/{self.num_epochs}")
     progress = keras.utils.Progbar(self.data.steps_per_epoch,
                                    stateful_metrics=["loss", "img/s"])
@@ -643,20 +663,21 @@ class Runner:
     for i, batch in enumerate(self.data.train):
       if i < skip:
         continue
-      view, light = self.run_one_step(batch, lam_flip)
+      view, light = self.run_one_step(batch)
       rate = (i + 1 - skip) * self.batch_size / (time.perf_counter() - start)
       progress.update(i + 1, [("loss", self.last_terms["total"]),
                               ("img/s", rate)])
       self.logs.write_step(self.step, self.last_terms, rate,
-                           self.learning_rate, self.lam_depth_sm, view, light)
+                           self.learning_rate, self.lam_depth_sm, view, light,
+                           self.lam_flip)
       if self.step % self.checkpoint_every_steps == 0:
         self.save()
       if self.budget.spent(self.step):
         return False
     return True
 
-  def run_one_step(self, batch, lam_flip):
-    """One step at the scheduled learning rate and depth-prior weight.
+  def run_one_step(self, batch):
+    """One step at the scheduled learning rate and loss weights.
 
     Returns:
       The step's (view `[B, 6]`, light `[B, 4]`).
@@ -666,9 +687,11 @@ class Runner:
     """
     self.learning_rate, self.lam_depth_sm = self.schedules.at(
         self.budget.fraction(self.step))
+    self.lam_flip = self.schedules.lam_flip_at(self.epoch, self.step)
     self.checkpoint.optimizer.learning_rate.assign(self.learning_rate)
     terms, view, light = self.train_step(
-        batch, lam_flip, tf.constant(self.lam_depth_sm, tf.float32))
+        batch, tf.constant(self.lam_flip, tf.float32),
+        tf.constant(self.lam_depth_sm, tf.float32))
     self.checkpoint.step.assign_add(1)
     loss = float(terms["total"])
     if not np.isfinite(loss):
@@ -701,7 +724,8 @@ def finish(runner, model_dir, output_dir, is_chief):
 
   Returns:
     The summary: steps, epochs, seconds, images_per_second, skipped_files,
-    final_weights, learning_rate, lam_depth_sm, then the last step's
+    final_weights, learning_rate, lam_depth_sm, lam_flip, then the last
+    step's
     `loss/<term>` and the last validation's `val/<score>`.
   """
   runner.save_last()
@@ -720,6 +744,7 @@ def finish(runner, model_dir, output_dir, is_chief):
       "skipped_files": train_info["num_skipped"] + val_info["num_skipped"],
       "final_weights": final, "learning_rate": float(runner.learning_rate),
       "lam_depth_sm": float(runner.lam_depth_sm),
+      "lam_flip": float(runner.lam_flip),
       **{f"loss/{k}": v for k, v in runner.last_terms.items()},
       **runner.val_scores}
   print("\nTraining summary")
@@ -738,6 +763,7 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
           learning_rate=1e-4, weight_decay=5e-4, adam_epsilon=1e-8,
           learning_rate_schedule="constant", final_learning_rate_ratio=0.0,
           final_lam_depth_sm=None, lam_flip_start_epoch=0,
+          initial_lam_flip=None, lam_flip_warmup_steps=0,
           jit_compile=False, mixed_precision=False, keep_checkpoints=3,
           checkpoint_every_steps=1000, summary_every_steps=50,
           image_summary_every_steps=500, max_steps=None, max_seconds=None,
@@ -765,6 +791,12 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
       paper); a value moves the weight to it along the same cosine.
     lam_flip_start_epoch: before this epoch the flip terms weigh 1, from it
       on `Unsup3D.lam_flip` (the reference implementation's schedule).
+    initial_lam_flip: None, or the flip terms' weight at step 0, easing
+      along half a cosine to `Unsup3D.lam_flip` over lam_flip_warmup_steps
+      steps (replaces lam_flip_start_epoch). A weight above 1 makes a
+      symmetric canonical image cheaper than copying the input, so the
+      view, not the albedo, explains a turned face early on.
+    lam_flip_warmup_steps: see initial_lam_flip, > 0 with it.
     jit_compile: compile each replica's step with XLA.
     mixed_precision: run the networks in mixed bfloat16 (rendering and
       losses stay float32).
@@ -790,7 +822,9 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
   schedules = Schedules(
       learning_rate, learning_rate_schedule, final_learning_rate_ratio,
       lam_depth_sm=model.lam_depth_sm, final_lam_depth_sm=final_lam_depth_sm,
-      lam_flip=model.lam_flip, lam_flip_start_epoch=lam_flip_start_epoch)
+      lam_flip=model.lam_flip, lam_flip_start_epoch=lam_flip_start_epoch,
+      initial_lam_flip=initial_lam_flip,
+      lam_flip_warmup_steps=lam_flip_warmup_steps)
   manager = restore(checkpoint, model_dir, output_dir, keep_checkpoints)
   data = prepare_data(strategy, model_dir, checkpoint.epoch.numpy,
                       batch_size, seed, generate_synthetic_data)
