@@ -85,3 +85,21 @@ def test_a_checkpoint_without_the_confidence_net_is_refused(tiny_config,
     checkpoints.load_model(prefix)
   assert "Unsup3D.use_conf_map" in str(error.value)
   assert "net_conf" in str(error.value)
+
+
+def test_final_weights_of_another_configuration_are_refused(tiny_config,
+                                                            tmp_path):
+  """A `.weights.h5` is held to every variable too: trained without the
+  confidence net, it loads only into a model without one of the same zdim."""
+  path = str(tmp_path / "final.weights.h5")
+  checkpoints.save_final_weights(
+      checkpoints.build_model(use_conf_map=False), path)
+  with pytest.raises(checkpoints.CheckpointError,
+                     match="does not fit the configured model"):
+    checkpoints.load_model(path)  # the config has the confidence net
+  gin.parse_config(["Unsup3D.use_conf_map = False"])
+  assert checkpoints.load_model(path).net_conf is None  # the same config
+  gin.parse_config(["Unsup3D.zdim = 32"])
+  with pytest.raises(checkpoints.CheckpointError,
+                     match="does not fit the configured model"):
+    checkpoints.load_model(path)

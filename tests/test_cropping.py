@@ -102,6 +102,45 @@ def test_frame_follows_box_then_detector_then_policy():
     cropping.frame(image, detector=_Detector(None), no_face="center")
 
 
+class _Detections:
+  """A stand-in for `mtcnn.MTCNN`: fixed detections, and the image it got."""
+
+  def __init__(self, faces):
+    self.faces = faces
+    self.images = []
+
+  def detect_faces(self, image):
+    self.images.append(image)
+    return self.faces
+
+
+def _face_detector(faces):
+  detector = object.__new__(cropping.FaceDetector)  # no mtcnn needed
+  detector._mtcnn = _Detections(faces)  # pylint: disable=protected-access
+  detector.min_confidence = 0.9
+  return detector
+
+
+def test_largest_confident_face_is_chosen():
+  faces = [{"box": [10, 10, 20, 30], "confidence": 0.95},   # 600 px
+           {"box": [0, 0, 50, 50], "confidence": 0.5},      # largest, unsure
+           {"box": [40, 5, 25, 25], "confidence": 0.99},    # 625 px
+           {"box": [2, 3, 24, 25], "confidence": 0.9}]      # 600 px
+  detector = _face_detector(faces)
+  assert detector.largest_face(np.zeros((60, 70, 3), np.uint8)) == (
+      40.0, 5.0, 25.0, 25.0)
+  assert _face_detector(faces[1:2]).largest_face(
+      np.zeros((60, 70, 3), np.uint8)) is None
+  assert _face_detector([]).largest_face(
+      np.zeros((60, 70, 3), np.uint8)) is None
+  # Floats in [0, 1] reach MTCNN as the uint8 photo they stand for.
+  photo = np.linspace(0.0, 1.0, 4 * 5 * 3).reshape(4, 5, 3)
+  detector.largest_face(photo)
+  sent = detector._mtcnn.images[-1]  # pylint: disable=protected-access
+  assert sent.dtype == np.uint8
+  np.testing.assert_array_equal(sent, np.round(photo * 255).astype(np.uint8))
+
+
 def _photo(name):
   data = pytest.importorskip("skimage.data")
   return getattr(data, name)()

@@ -432,6 +432,33 @@ def test_factor_images_are_written_once_per_step(monkeypatch, tmp_path):
   assert written == [2, 3]
 
 
+
+def test_validation_reports_both_mad_conventions_for_every_method(
+    monkeypatch, tmp_path):
+  """With ground-truth depth: SIDE, MAD and MAD-acos of the model and both
+  baselines, means over the split's images, next to the mean losses."""
+  results = {m: {"side": np.array([0.01, 0.03]), "mad": np.array([10., 20.]),
+                 "mad_acos": np.array([12., 26.])}
+             for m in ("model", "null_depth", "average_gt_depth")}
+  results["null_depth"]["mad_acos"] = np.array([40., 50.])
+  monkeypatch.setattr(train_lib.evaluate_lib, "evaluate",
+                      lambda model, dataset, predict: results)
+  model = types.SimpleNamespace(
+      compute_losses=lambda images, outputs: {"total": tf.reduce_mean(images)})
+  val = tf.data.Dataset.from_tensor_slices(
+      {"image": np.stack([np.full([4, 4, 3], v, np.float32)
+                          for v in (1.0, 1.0, 4.0)]),
+       "depth": np.ones([3, 4, 4], np.float32)}).batch(2)
+  writer = tf.summary.create_file_writer(str(tmp_path))
+  scores = train_lib.validate(model, lambda images: None, val, writer, 5)
+  assert scores["val/total"] == pytest.approx(2.0)  # (1 + 1 + 4) / 3 images
+  for method in results:
+    assert scores[f"val/side_{method}"] == pytest.approx(0.02)
+    assert scores[f"val/mad_{method}"] == pytest.approx(15.0)
+  assert scores["val/mad_acos_model"] == pytest.approx(19.0)
+  assert scores["val/mad_acos_average_gt_depth"] == pytest.approx(19.0)
+  assert scores["val/mad_acos_null_depth"] == pytest.approx(45.0)
+
 @pytest.mark.slow
 def test_learning_rate_and_depth_prior_follow_their_schedules(paired_data,
                                                               tmp_path):
