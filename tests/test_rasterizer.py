@@ -483,8 +483,9 @@ def test_packed_keys_order_by_inverse_depth_then_smaller_id():
                           rng.uniform(-1, 1, 200)]).astype(np.float32)
   ids = rng.integers(0, 2**31 - 1, 400).astype(np.int32)
   ids[:20] = [0, 2**31 - 2] * 10
-  keys = rasterizer._pack_keys(tf.constant(score), tf.constant(ids)).numpy()
+  keys = rasterizer._pack_keys(tf.constant(score), tf.constant(ids))
   covered, unpacked = (t.numpy() for t in rasterizer._unpack_keys(keys))
+  keys = keys.numpy()
   np.testing.assert_array_equal(covered, score > 0)
   np.testing.assert_array_equal(unpacked[covered], ids[covered])
   order = np.lexsort((ids, -score.astype(np.float64)))  # by -1/z, then id
