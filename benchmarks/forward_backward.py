@@ -9,8 +9,8 @@ Times, after one warm-up call, the median of `--steps` calls of:
     on a plain L1 loss, no rendering (the reference point for the ratio);
   * depth raster only: `Renderer.warp_canon_depth` forward on the 2B depth
     maps of a batch (the pure-TF z-buffer + TFG barycentrics), for smooth
-    depth (the visibility pass's windowed fast path) and for per-pixel noise
-    depth at the same views (long thin triangles: the exhaustive path).
+    depth (mostly the visibility pass's 2-px window pass) and for per-pixel
+    noise depth at the same views (long thin triangles: the ragged pass).
 The VGG16 of the perceptual loss runs with random weights: same cost.
 """
 
@@ -29,8 +29,9 @@ _BATCH = flags.DEFINE_integer("batch_size", 16, "Images per batch.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed calls per measurement.")
 _NF = flags.DEFINE_integer("nf", 64, "Width of depth/albedo/conf nets (paper 64).")
 _XLA = flags.DEFINE_boolean("xla", True, "Also time the step under XLA.")
-_CHUNK = flags.DEFINE_integer("triangle_chunk", 128,
-                              "Triangles per visibility-pass step.")
+_CHUNK = flags.DEFINE_integer("candidate_chunk", 1 << 17,
+                              "(Triangle, pixel) pairs per visibility-pass "
+                              "step.")
 
 
 def _median_seconds(fn, steps):
@@ -49,7 +50,7 @@ def main(argv):
   batch = _BATCH.value
   model = model_lib.Unsup3D(nf=_NF.value, zdim=_NF.value * 4,
                             conf_zdim=_NF.value * 2, vgg_weights=None,
-                            triangle_chunk=_CHUNK.value)
+                            candidate_chunk=_CHUNK.value)
   rng = np.random.default_rng(0)
   images = tf.constant(rng.uniform(0, 1, (batch, 64, 64, 3)), tf.float32)
   model(images)
@@ -95,7 +96,7 @@ def main(argv):
   rows.append(("depth raster, noise depth, graph", _median_seconds(
       lambda: raster(noise_depth, view), _STEPS.value)))
 
-  print(f"\nbatch {batch} at 64x64, nf {_NF.value}, triangle_chunk "
+  print(f"\nbatch {batch} at 64x64, nf {_NF.value}, candidate_chunk "
         f"{_CHUNK.value}, {len(tf.config.list_logical_devices())} device(s): "
         f"{[d.device_type for d in tf.config.list_logical_devices()]}")
   print(f"{'measurement':38s} {'s/batch':>9s} {'ms/image':>9s} "

@@ -15,7 +15,7 @@ S = 64
 def tiny_model(**kwargs):
   """The paper's architecture at a width that runs in a second on a CPU."""
   config = dict(nf=8, zdim=16, light_view_nf=4, conf_zdim=16,
-                vgg_weights=None, triangle_chunk=1024)
+                vgg_weights=None)
   config.update(kwargs)
   return model_lib.Unsup3D(**config)
 

@@ -12,8 +12,8 @@ from tf_unsup3d.rendering import transforms
 FOV = 10.0
 ROT_CENTER = 1.0
 BACKGROUND = 10.0
-# Tiers that the widest triangle never fits: forces the exhaustive path.
-DENSE = ((1, None),)
+# Every triangle through the ragged pass (no window pass).
+RAGGED = {"window": 0}
 
 
 def intrinsics(size):
@@ -188,49 +188,41 @@ def screen_coordinates(points, size):
 
 @pytest.fixture
 def path_spy(monkeypatch):
-  """Records the z-buffer path that ran: tier window sides, dense chunks."""
+  """Records the passes that ran: (pass, window, candidates in it)."""
   calls = []
-  dense = rasterizer._zbuffer_dense
-  window = rasterizer._window_candidates
+  window_pass = rasterizer._window_pass
+  ragged_pass = rasterizer._ragged_pass
 
-  def dense_spy(coef, height, width, triangle_chunk):
-    calls.append(("dense", triangle_chunk))
-    return dense(coef, height, width, triangle_chunk)
+  def window_spy(keys, coef, x0, y0, size, *args):
+    calls.append(("window", args[1],
+                  int(tf.reduce_sum(tf.cast(size <= args[1], tf.int32)))
+                  * args[1]**2))
+    return window_pass(keys, coef, x0, y0, size, *args)
 
-  def window_spy(coef, x0, y0, triangle_ids, side, height, width):
-    calls.append(("window", side))
-    return window(coef, x0, y0, triangle_ids, side, height, width)
+  def ragged_spy(keys, coef, x0, y0, span_x, span_y, size, *args):
+    calls.append(("ragged", args[1], int(tf.reduce_sum(
+        tf.where(size > args[1], span_x * span_y, 0)))))
+    return ragged_pass(keys, coef, x0, y0, span_x, span_y, size, *args)
 
-  monkeypatch.setattr(rasterizer, "_zbuffer_dense", dense_spy)
-  monkeypatch.setattr(rasterizer, "_window_candidates", window_spy)
+  monkeypatch.setattr(rasterizer, "_window_pass", window_spy)
+  monkeypatch.setattr(rasterizer, "_ragged_pass", ragged_spy)
   return calls
 
 
-@pytest.mark.parametrize("size,seed,kwargs,path", [
-    (8, 0, {}, [("window", 2), ("window", 6)]),
-    (12, 1, {}, [("window", 2), ("window", 6)]),
-    (16, 2, {}, [("window", 2), ("window", 6)]),
-    # 242 triangles at S = 12: a chunk of 50 does not divide them.
-    (12, 3, {"triangle_chunk": 50, "windows": DENSE}, [("dense", 50)]),
-    # 450 triangles at S = 16: one chunk larger than all of them.
-    (16, 4, {"triangle_chunk": 1000, "windows": DENSE}, [("dense", 1000)]),
-    (16, 5, {"triangle_chunk": 7, "windows": DENSE}, [("dense", 7)]),
-    # Two and three tiers of the fast path.
-    (16, 6, {"windows": ((2, None), (None, 450))},
-     [("window", 2), ("window", 16)]),
-    (16, 7, {"windows": ((1, None), (2, 450), (None, 450))},
-     [("window", 1), ("window", 2), ("window", 16)]),
-    # Tiers holding a strict subset of the 450 triangles (the widest ones):
-    # at seed 9 at most 275 per image are wider than 1 px and 41 than 2 px.
-    (16, 9, {"windows": ((2, None), (None, 60))},
-     [("window", 2), ("window", 16)]),
-    (16, 9, {"windows": ((1, None), (2, 300), (None, 60))},
-     [("window", 1), ("window", 2), ("window", 16)]),
-    # Too many wide triangles for the next tier: falls back to dense.
-    (16, 8, {"windows": ((1, None), (None, 1)), "triangle_chunk": 100},
-     [("dense", 100)]),
+@pytest.mark.parametrize("size,seed,kwargs,passes", [
+    (8, 0, {}, [("window", 2), ("ragged", 2)]),
+    (12, 1, {}, [("window", 2), ("ragged", 2)]),
+    (16, 2, {}, [("window", 2), ("ragged", 2)]),
+    # Ragged only: steps of B H W / 2 = 216 candidates split the boxes.
+    (12, 3, RAGGED, [("ragged", 0)]),
+    # One step larger than all candidates.
+    (16, 4, {"window": 0, "candidate_chunk": 100_000}, [("ragged", 0)]),
+    (16, 5, {"window": 1}, [("window", 1), ("ragged", 1)]),
+    (16, 6, {"window": 4}, [("window", 4), ("ragged", 4)]),
+    # A window of the whole image: everything through the window pass.
+    (16, 7, {"window": 16}, [("window", 16), ("ragged", 16)]),
 ])
-def test_depth_and_coverage_match_brute_force(size, seed, kwargs, path,
+def test_depth_and_coverage_match_brute_force(size, seed, kwargs, passes,
                                               path_spy):
   """Same coverage and nearest depth (1e-5) as a float64 brute force."""
   rng = np.random.default_rng(seed)
@@ -238,7 +230,9 @@ def test_depth_and_coverage_match_brute_force(size, seed, kwargs, path,
   depth, covered = render(points, size, **kwargs)
   expected, _, _, gap, edge_distance = brute_force(
       points, numpy_grid_faces(size, size), size)
-  assert path_spy == path  # the path under test really ran
+  # The passes under test really ran, on some candidates each.
+  assert [call[:2] for call in path_spy] == passes
+  assert all(call[2] > 0 for call in path_spy if call[1] < size)
   hit = np.isfinite(expected)
   # Ambiguous: two surfaces within 1e-4 in depth, or a pixel centre within
   # 1e-4 px of a silhouette edge, where float32 rounding may decide.
@@ -257,7 +251,7 @@ def test_depth_and_coverage_match_brute_force(size, seed, kwargs, path,
 
 @pytest.mark.parametrize("size,seed,kwargs", [
     (12, 10, {}),
-    (12, 11, {"triangle_chunk": 30, "windows": DENSE}),
+    (12, 11, RAGGED),
 ])
 def test_visible_triangle_ids_match_brute_force_winner(size, seed, kwargs):
   """Away from edges and close layers, ids equal the brute-force winner."""
@@ -281,7 +275,7 @@ def identity_meshes(rng, batch, size):
 
 
 @pytest.mark.parametrize("size,kwargs", [
-    (8, {}), (16, {}), (16, {"triangle_chunk": 64, "windows": DENSE}),
+    (8, {}), (16, {}), (16, RAGGED),
 ])
 def test_identity_view_has_no_cracks_and_exact_depth(size, kwargs):
   """Identity view: every pixel is covered and shows its own vertex depth.
@@ -330,7 +324,7 @@ def test_same_input_gives_identical_ids():
 
 
 @pytest.mark.parametrize("kwargs", [
-    {}, {"triangle_chunk": 2, "windows": DENSE},
+    {}, RAGGED,
 ])
 def test_coincident_triangles_go_to_the_smallest_id(kwargs):
   """Identical triangles at equal depth: the smallest index wins."""
@@ -355,7 +349,7 @@ def test_coincident_triangles_go_to_the_smallest_id(kwargs):
 
 
 @pytest.mark.parametrize("kwargs", [
-    {}, {"triangle_chunk": 1, "windows": DENSE},
+    {}, RAGGED,
 ])
 def test_nearer_triangle_wins_whatever_its_index(kwargs):
   """Overlapping triangles at depths 1 and 2: the nearer wins, any order."""
@@ -369,7 +363,7 @@ def test_nearer_triangle_wins_whatever_its_index(kwargs):
     assert (ids.numpy()[0, :3, :3] == (0 if near_first else 1)).all()
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"windows": DENSE}])
+@pytest.mark.parametrize("kwargs", [{}, RAGGED])
 def test_behind_camera_and_degenerate_triangles_draw_nothing(kwargs):
   """Triangles with a vertex at z <= 0 or zero screen area cover no pixel.
 
@@ -387,7 +381,7 @@ def test_behind_camera_and_degenerate_triangles_draw_nothing(kwargs):
 
 
 @pytest.mark.parametrize("kwargs", [
-    {}, {"triangle_chunk": 50, "windows": DENSE},
+    {}, RAGGED,
 ])
 def test_xla_equals_eager(kwargs):
   """visible_triangles compiled with XLA returns the eager ids and coverage."""
@@ -407,7 +401,7 @@ def test_xla_equals_eager(kwargs):
 
 
 def test_all_paths_agree_on_ids():
-  """Tiered, multi-tier and exhaustive paths give the same triangle ids."""
+  """Window sizes 2, 1, 6 and ragged only give the same triangle ids."""
   size = 12
   rng = np.random.default_rng(31)
   faces = rasterizer.grid_faces(size, size)
@@ -415,14 +409,12 @@ def test_all_paths_agree_on_ids():
     screen = tf.constant(screen_coordinates(points, size))
     results = [rasterizer.visible_triangles(screen, faces, size, size,
                                             **kwargs)[0].numpy()
-               for kwargs in ({}, {"windows": ((2, None), (None, 300))},
-                              {"triangle_chunk": 17, "windows": DENSE})]
-    np.testing.assert_array_equal(results[0], results[1])
-    np.testing.assert_array_equal(results[0], results[2])
+               for kwargs in ({}, {"window": 1}, {"window": 6}, RAGGED)]
+    for other in results[1:]:
+      np.testing.assert_array_equal(results[0], other)
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"triangle_chunk": 40,
-                                      "windows": DENSE}])
+@pytest.mark.parametrize("kwargs", [{}, RAGGED])
 def test_non_square_raster_matches_brute_force(kwargs):
   """H != W with an off-centre camera: coverage and depth as the brute force.
 
@@ -467,7 +459,7 @@ def test_tall_triangle_tolerance_band_same_on_all_paths():
   expected = np.isfinite(brute_force(points, faces, 8, focal=(1.0, 1.0),
                                      principal_point=(3.5, 3.5))[0][0])
   assert expected[2].any()  # the band reaches row 2
-  for kwargs in ({"windows": DENSE}, {}):
+  for kwargs in (RAGGED, {}):
     _, covered = rasterizer.visible_triangles(
         tf.constant(screen, tf.float32), faces, 8, 8, **kwargs)
     np.testing.assert_array_equal(covered.numpy()[0], expected)
@@ -482,6 +474,174 @@ def test_grid_faces_topology():
   v, u = np.mgrid[0:3, 0:4].reshape(2, -1).astype(np.float64)
   area = signed_areas(np.stack([u, v], -1), faces)
   np.testing.assert_allclose(np.abs(area), 1.0)
+
+
+def test_packed_keys_order_by_inverse_depth_then_smaller_id():
+  """One max over the packed keys = largest 1/z, ties to the smaller id."""
+  rng = np.random.default_rng(50)
+  score = np.concatenate([rng.choice([1e-30, 0.5, 0.75, 1.0, 3e38], 200),
+                          rng.uniform(-1, 1, 200)]).astype(np.float32)
+  ids = rng.integers(0, 2**31 - 1, 400).astype(np.int32)
+  ids[:20] = [0, 2**31 - 2] * 10
+  keys = rasterizer._pack_keys(tf.constant(score), tf.constant(ids))
+  covered, unpacked = (t.numpy() for t in rasterizer._unpack_keys(keys))
+  keys = keys.numpy()
+  np.testing.assert_array_equal(covered, score > 0)
+  np.testing.assert_array_equal(unpacked[covered], ids[covered])
+  order = np.lexsort((ids, -score.astype(np.float64)))  # by -1/z, then id
+  positive = order[score[order] > 0]
+  assert (np.diff(keys[positive]) <= 0).all()
+  assert (keys[score <= 0] == -1).all()
+
+
+def box_reference(screen, faces, size, tolerance=1e-5, max_pairs=1 << 22):
+  """Float64 z-buffer over each triangle's bounding box grown by 1 px.
+
+  Independent of the rasteriser's boxes: a pixel the tolerant inside test
+  accepts lies within tolerance * altitude < 1 px of the triangle at these
+  sizes. Processes (triangle, pixel) pairs `max_pairs` at a time.
+
+  Args:
+    screen: `[V, 3]` (u, v, z) of one mesh (the rasteriser's float32 input).
+
+  Returns:
+    winner: `[S, S]` nearest covering triangle (smallest id among equal
+      depths), -1 where none.
+    margin: `[S, S]` the largest, over triangles, signed pixel distance
+      min_i (b_i + tolerance) * altitude_i: > 0 inside a tolerant triangle,
+      its size how far the pixel is from changing coverage.
+    winner_margin: `[S, S]` the same for the winner alone.
+    gap: `[S, S]` depth of the nearest other covering triangle minus the
+      winner's (inf where none).
+  """
+  screen = screen.astype(np.float64)
+  faces = np.asarray(faces)
+  uv, z = screen[faces, :2], screen[faces, 2]  # [T, 3, 2], [T, 3]
+  area = ((uv[:, 1, 0] - uv[:, 0, 0]) * (uv[:, 2, 1] - uv[:, 0, 1]) -
+          (uv[:, 2, 0] - uv[:, 0, 0]) * (uv[:, 1, 1] - uv[:, 0, 1]))
+  valid = (np.abs(area) > 1e-12) & (z.min(1) > 0)
+  low = np.clip(np.floor(uv.min(1)) - 1, 0, size)
+  high = np.clip(np.ceil(uv.max(1)) + 1, -1, size - 1)
+  span = np.where(valid[:, None], np.maximum(high - low + 1, 0), 0)
+  span = span.astype(np.int64)
+  low = low.astype(np.int64)
+  count = span[:, 0] * span[:, 1]
+  edges = [(1, 2), (2, 0), (0, 1)]
+  length = np.stack([np.linalg.norm(uv[:, j] - uv[:, k], axis=-1)
+                     for j, k in edges], -1)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    altitude = 2 * np.abs(area)[:, None] / length  # [T, 3]
+
+  def pairs():
+    """(triangle, pixel, inside, depth, margin) of every box pixel."""
+    ends = np.cumsum(count)
+    first = 0
+    while first < len(faces):
+      last = int(np.searchsorted(ends, ends[first] - count[first] + max_pairs,
+                                 side="right"))
+      last = max(last, first + 1)
+      tri = np.repeat(np.arange(first, last), count[first:last])
+      local = np.arange(len(tri)) - np.repeat(
+          ends[first:last] - count[first:last] - (ends[first] - count[first]),
+          count[first:last])
+      px = low[tri, 0] + local % np.maximum(span[tri, 0], 1)
+      py = low[tri, 1] + local // np.maximum(span[tri, 0], 1)
+      u, v = uv[tri, :, 0], uv[tri, :, 1]
+      bary = np.stack([((u[:, j] - px) * (v[:, k] - py) -
+                        (u[:, k] - px) * (v[:, j] - py)) / area[tri]
+                       for j, k in edges], -1)
+      margin = ((bary + tolerance) * altitude[tri]).min(-1)
+      inside = bary.min(-1) >= -tolerance
+      depth = 1.0 / (bary / z[tri]).sum(-1)
+      yield tri, py * size + px, inside, depth, margin
+      first = last
+
+  num_pixels = size * size
+  best = np.full(num_pixels, np.inf)
+  margin = np.full(num_pixels, -np.inf)
+  for tri, pixel, inside, depth, m in pairs():
+    np.maximum.at(margin, pixel, m)
+    np.minimum.at(best, pixel[inside], depth[inside])
+  winner = np.full(num_pixels, len(faces))
+  for tri, pixel, inside, depth, _ in pairs():
+    win = inside & (depth == best[pixel])
+    np.minimum.at(winner, pixel[win], tri[win])
+  winner = np.where(np.isfinite(best), winner, -1)
+  second = np.full(num_pixels, np.inf)
+  winner_margin = np.full(num_pixels, -np.inf)
+  for tri, pixel, inside, depth, m in pairs():
+    own = tri == winner[pixel]
+    winner_margin[pixel[own]] = m[own]
+    other = inside & ~own
+    np.minimum.at(second, pixel[other], depth[other])
+  shape = (size, size)
+  return (winner.reshape(shape), margin.reshape(shape),
+          winner_margin.reshape(shape), (second - best).reshape(shape))
+
+
+def large_mesh(size, depth_kind, view_degrees, seed):
+  """Screen coordinates of one S x S grid mesh under a view.
+
+  "smooth" is `smooth_depth`; "noise" per-pixel uniform noise of
+  half-width 0.1 * 64 / S: the 64-px noise depth with the same stretch of
+  triangles in pixels at every S.
+  """
+  rng = np.random.default_rng(seed)
+  if depth_kind == "smooth":
+    depth = smooth_depth(rng, 1, size)[0]
+  else:
+    half_width = 0.1 * 64 / size
+    depth = rng.uniform(1 - half_width, 1 + half_width, (size, size))
+  view = np.concatenate([np.radians(view_degrees), [0.0, 0.0, 0.0]])
+  return screen_coordinates(warp(lift(depth), view)[None], size)
+
+
+LARGE_VIEWS = {"identity": (0, 0, 0), "yaw 30": (0, 30, 0),
+               "yaw 60": (0, 60, 0), "roll 45": (0, 0, 45),
+               "roll 44.9, yaw 5": (0, 5, 44.9)}
+
+
+@pytest.mark.parametrize("size", [
+    128, pytest.param(256, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("depth_kind", ["smooth", "noise"])
+@pytest.mark.parametrize("view", list(LARGE_VIEWS))
+def test_large_rasters_match_box_reference(size, depth_kind, view):
+  """128 and 256 px: coverage and ids as a float64 z-buffer, on all passes.
+
+  Pixels whose coverage or winner float32 rounding may decide are left out:
+  within 1e-4 px of a tolerant triangle's outline, or with another covering
+  triangle within 1e-4 in depth. At the identity view every pixel is a
+  vertex, on the outline of its triangles: there every pixel must be
+  covered by a triangle of its own vertex.
+  """
+  screen = large_mesh(size, depth_kind, LARGE_VIEWS[view],
+                      seed=size + len(view))
+  faces = rasterizer.grid_faces(size, size)
+  results = [tuple(t.numpy()[0] for t in rasterizer.visible_triangles(
+      tf.constant(screen), faces, size, size, **kwargs))
+             for kwargs in ({}, RAGGED)]
+  for other in results[1:]:  # the passes split the work; same answers
+    for a, b in zip(results[0], other):
+      np.testing.assert_array_equal(a, b)
+  ids, covered = results[0]
+  np.testing.assert_array_equal(ids[~covered], 0)
+  faces = numpy_grid_faces(size, size)
+  if view == "identity":
+    assert covered.all()
+    vertex = np.arange(size * size).reshape(size, size)
+    assert (faces[ids] == vertex[..., None]).any(-1).all()
+    return
+  winner, margin, winner_margin, gap = box_reference(screen[0], faces, size)
+  clear_coverage = np.abs(margin) > 1e-4
+  print(f"S={size} {depth_kind} {view}: {(~clear_coverage).sum()} of "
+        f"{margin.size} pixels with ambiguous coverage")
+  assert clear_coverage.mean() > 0.99
+  hit = winner >= 0
+  assert 0.2 < hit.mean() < 1.0
+  np.testing.assert_array_equal(covered[clear_coverage], hit[clear_coverage])
+  clear_id = hit & (winner_margin > 1e-4) & (gap > 1e-4)
+  assert clear_id.sum() > 0.9 * hit.sum()
+  np.testing.assert_array_equal(ids[clear_id], winner[clear_id])
 
 
 if __name__ == "__main__":

@@ -123,7 +123,7 @@ class Unsup3D(keras.Model):
                conf_zdim=128,
                vgg_weights="imagenet",
                vgg_layer="relu3_3",
-               triangle_chunk=128,
+               candidate_chunk=1 << 17,
                name="unsup3d",
                **kwargs):
     """Args:
@@ -153,7 +153,8 @@ class Unsup3D(keras.Model):
         a path, or None (random, for tests).
       vgg_layer: its feature layer, 'relu3_3' (the paper's, S/4 features)
         or 'relu4_3' (S/8); conf_sigma_perc has the features' resolution.
-      triangle_chunk: triangles per step of the visibility pass.
+      candidate_chunk: (triangle, pixel) pairs per step of the visibility
+        pass (`rasterizer.visible_triangles`).
     """
     super().__init__(name=name, **kwargs)
     if image_size not in networks.IMAGE_SIZES:
@@ -183,7 +184,7 @@ class Unsup3D(keras.Model):
     self.renderer = renderer_lib.Renderer(
         image_size=image_size, fov=fov, min_depth=min_depth,
         max_depth=max_depth, rot_center_depth=rot_center_depth,
-        triangle_chunk=triangle_chunk)
+        candidate_chunk=candidate_chunk)
     s = image_size
     self.net_depth = networks.EDDeconv(1, zdim=zdim, nf=nf, activation=None,
                                        image_size=s, name="net_depth")

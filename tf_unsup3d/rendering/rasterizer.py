@@ -3,13 +3,12 @@
 TensorFlow Graphics' compiled rasteriser op does not load on current
 TensorFlow (DESIGN section 4), so the visibility pass (which triangle is
 nearest at each pixel) is written here in pure TensorFlow: a z-buffer over
-all (pixel, triangle) pairs, vectorised over the batch and over chunks of
-triangles, with static shapes so that it compiles under XLA. It carries no
-gradient. Gradients come from TFG's `differentiable_barycentrics`, evaluated
-on the triangle it picked at each pixel, and `interpolate_vertex_attribute`.
+the (triangle, pixel) pairs of each triangle's bounding box, vectorised over
+the batch, in fixed-size steps so that memory stays bounded and it compiles
+under XLA. It carries no gradient. Gradients come from TFG's
+`differentiable_barycentrics`, evaluated on the triangle it picked at each
+pixel, and `interpolate_vertex_attribute`.
 """
-
-import math
 
 import tensorflow as tf
 from tensorflow_graphics.rendering import barycentrics
@@ -22,10 +21,13 @@ from tf_unsup3d.rendering import camera
 # Normalised-barycentric tolerance of the inside test. Shared edges pass
 # through pixel centres on grid meshes; without slack, rounding leaves cracks.
 INSIDE_TOLERANCE = 1e-5
-# Tiers of the fast visibility path: (box side, triangles per image). A grid
-# mesh seen near frontally has boxes of 2 pixel centres; stretched triangles
-# at depth edges take the wider, smaller tiers (benchmarks/forward_backward.py).
-DEFAULT_WINDOWS = ((2, None), (6, 4096), (16, 1024), (32, 256), (None, 64))
+# Triangles whose candidate box is at most this many pixels a side take the
+# window pass (a grid mesh seen near frontally has boxes of 2 pixel
+# centres); wider ones take the ragged pass.
+DEFAULT_WINDOW = 2
+# (triangle, pixel) candidates per step of either pass: bounds the memory of
+# the visibility pass (~150 bytes per candidate) whatever the view.
+DEFAULT_CANDIDATE_CHUNK = 1 << 17
 # Bounding boxes grow by this many pixels plus INSIDE_TOLERANCE times their
 # diagonal, so that every pixel the tolerant inside test accepts is a
 # candidate: a pixel with barycentric b_i = -t lies t * altitude_i outside
@@ -54,7 +56,7 @@ def grid_faces(height, width):
 def _plane_coefficients(screen, faces):
   """Affine coefficients of the barycentrics and of 1/z over the screen.
 
-  Returns `[12, B, T]`: (A, B, C) of b0, b1, b2 and 1/z, so that
+  Returns `[B, T, 12]`: (A, B, C) of b0, b1, b2 and 1/z, so that
   f(x, y) = A x + B y + C at pixel (x, y). Degenerate triangles get
   coefficients that fail every inside test.
   """
@@ -78,7 +80,7 @@ def _plane_coefficients(screen, faces):
   inv_z = [sum(coefficients[i][k] / z for i, z in enumerate((z0, z1, z2)))
            for k in range(3)]
   coefficients.append(inv_z)
-  return tf.stack([c for row in coefficients for c in row], axis=0)
+  return tf.stack([c for row in coefficients for c in row], axis=-1)
 
 
 def _pixel_spans(screen, faces, height, width):
@@ -110,91 +112,150 @@ def _pixel_spans(screen, faces, height, width):
   return x0, y0, span_x, span_y
 
 
-def _window_candidates(coef, x0, y0, triangle_ids, window, height, width):
-  """Scores every pixel of a `window` x `window` box per triangle.
+def _pack_keys(score, triangle_ids):
+  """Z-buffer keys: ordered by 1/z, then by the smaller triangle index.
+
+  A positive float32's bits, read as an integer, grow with its value, so
+  (bits << 32) + (int32 max - id) has the order of (1/z, -id): one max
+  picks the nearest triangle and, among equal 1/z, the smallest index.
 
   Args:
-    coef: `[12, B, N]` plane coefficients (centred pixel coordinates).
-    x0, y0: `[B, N]` top-left candidate pixel per triangle.
-    triangle_ids: `[B, N]` the triangles' indices.
-    window: box side in pixels.
+    score: `[N]` float32 1/z of a candidate, <= 0 where not inside.
+    triangle_ids: `[N]` int32 triangle index (0 .. T - 1).
 
   Returns:
-    Flat `[B N window^2]` tensors: 1/z score (-1 where not inside), triangle
-    id and pixel index b * H * W + y * W + x.
+    `[N]` int64 keys, -1 for candidates that are not inside.
   """
-  offsets = tf.range(window * window, dtype=tf.int32)
-  px = x0[..., None] + offsets % window  # [B, N, K^2]
-  py = y0[..., None] + offsets // window
-  in_image = (px < width) & (py < height)
+  bits = tf.cast(tf.bitcast(score, tf.int32), tf.int64)
+  key = bits * (1 << 32) + tf.cast(tf.int32.max - triangle_ids, tf.int64)
+  return tf.where(score > 0.0, key, tf.constant(-1, tf.int64))
+
+
+def _unpack_keys(keys):
+  """Inverse of `_pack_keys`: (covered, triangle id, 0 where not covered)."""
+  covered = keys > 0
+  low = tf.cast(tf.bitwise.bitwise_and(keys, (1 << 32) - 1), tf.int32)
+  return covered, tf.where(covered, tf.int32.max - low, 0)
+
+
+def _scores(coef, px, py, height, width):
+  """1/z of each candidate pixel, -1 where the inside test fails.
+
+  Args:
+    coef: `[..., 12]` plane coefficients (image-centred pixel coordinates),
+      broadcast against the pixels.
+    px, py: `[...]` int32 pixel column and row.
+  """
   x = tf.cast(px, tf.float32) - (width - 1) / 2.0
   y = tf.cast(py, tf.float32) - (height - 1) / 2.0
-  c = coef[..., None]  # [12, B, N, 1]
-  planes = [c[3 * k] * x + c[3 * k + 1] * y + c[3 * k + 2]
-            for k in range(4)]
+  c = tf.unstack(coef, axis=-1)
+  planes = [c[3 * k] * x + c[3 * k + 1] * y + c[3 * k + 2] for k in range(4)]
   inside = tf.minimum(tf.minimum(planes[0], planes[1]), planes[2])
-  inside = (inside >= -INSIDE_TOLERANCE) & in_image
-  score = tf.where(inside, planes[3], -1.0)
-  batch = tf.shape(px)[0]
-  image_index = tf.range(batch, dtype=tf.int32)[:, None, None]
-  pixel = (image_index * height + tf.minimum(py, height - 1)) * width
-  pixel += tf.minimum(px, width - 1)
-  ids = tf.broadcast_to(triangle_ids[..., None], tf.shape(px))
-  return (tf.reshape(score, [-1]), tf.reshape(ids, [-1]),
-          tf.reshape(pixel, [-1]))
+  return tf.where(inside >= -INSIDE_TOLERANCE, planes[3], -1.0)
 
 
-def _zbuffer_from_candidates(candidates, num_pixels):
-  """Per pixel: the largest 1/z and, among equal ones, the smallest triangle.
+def _window_pass(keys, coef, x0, y0, size, num_faces, window, height, width,
+                 candidate_chunk):
+  """Z-buffers the triangles whose box fits `window`, window^2 pixels each.
 
-  A z-buffer through segment reductions over (score, id, pixel) triples.
+  Tests the `window` x `window` pixels from each such triangle's first
+  candidate pixel, `candidate_chunk // window^2` triangles per step.
+
+  Args:
+    keys: `[B H W]` int64 z-buffer keys so far.
+    coef: `[B T, 12]` plane coefficients, flattened over (image, triangle).
+    x0, y0, size: `[B T]` int32 first candidate pixel and box side.
+    num_faces: T.
+
+  Returns:
+    The updated `[B H W]` keys.
   """
-  score, ids, pixel = (tf.concat(parts, axis=0) for parts in zip(*candidates))
-  best = tf.math.unsorted_segment_max(score, pixel, num_pixels)
-  winners = (score > 0.0) & (score >= tf.gather(best, pixel))
-  best_id = tf.math.unsorted_segment_min(
-      tf.where(winners, ids, tf.int32.max), pixel, num_pixels)
-  return best, best_id
+  with tf.name_scope("window_pass"):
+    n = tf.shape(x0)[0]
+    # As in `_ragged_pass`: at least B H W / 2 candidates per step.
+    chunk = tf.maximum(candidate_chunk, tf.size(keys) // 2) // window**2
+    length = tf.minimum(chunk, n)
+    offsets = tf.range(window * window, dtype=tf.int32)
+
+    def body(i, keys):
+      # The last step overlaps the one before it: a z-buffer max does not
+      # mind seeing a candidate twice.
+      start = tf.minimum(i * chunk, n - length)
+      flat = start + tf.range(length)
+      pick = lambda t: tf.gather(t, flat)
+      px = pick(x0)[:, None] + offsets % window  # [chunk, window^2]
+      py = pick(y0)[:, None] + offsets // window
+      in_image = (px < width) & (py < height)
+      score = _scores(pick(coef)[:, None], px, py, height, width)
+      score = tf.where(in_image & (pick(size) <= window)[:, None], score,
+                       -1.0)
+      pixel = ((flat // num_faces)[:, None] * height +
+               tf.minimum(py, height - 1)) * width + tf.minimum(px, width - 1)
+      ids = tf.broadcast_to((flat % num_faces)[:, None], tf.shape(px))
+      key = _pack_keys(tf.reshape(score, [-1]), tf.reshape(ids, [-1]))
+      return i + 1, tf.maximum(keys, tf.math.unsorted_segment_max(
+          key, tf.reshape(pixel, [-1]), tf.size(keys)))
+
+    steps = (n + chunk - 1) // chunk
+    _, keys = tf.while_loop(lambda i, _: i < steps, body,
+                            (tf.constant(0), keys), parallel_iterations=1)
+    return keys
 
 
-def _zbuffer_dense(coef, height, width, triangle_chunk):
-  """The same z-buffer over every (pixel, triangle) pair, chunk by chunk."""
-  batch, num_faces = tf.shape(coef)[1], coef.shape[2]
-  num_chunks = max(1, math.ceil(num_faces / triangle_chunk))
-  padding = num_chunks * triangle_chunk - num_faces
-  # Padding triangles get b0 = -1 everywhere: never inside.
-  pad = tf.one_hot(2, 12, on_value=-1.0, off_value=0.0)[:, None, None]
-  coef = tf.concat([coef, tf.tile(pad, [1, batch, padding])], axis=2)
-  coef = tf.reshape(coef, [12, batch, num_chunks, triangle_chunk])
-  coef = tf.transpose(coef, [2, 0, 1, 3])  # [chunks, 12, B, Tc]
-  center = tf.constant([(width - 1) / 2.0, (height - 1) / 2.0])
-  pixels = tf.reshape(camera.pixel_grid(height, width) - center, [-1, 2])
-  x = pixels[None, :, None, 0]  # [1, P, 1]
-  y = pixels[None, :, None, 1]
+def _ragged_pass(keys, coef, x0, y0, span_x, span_y, size, num_faces, window,
+                 height, width, candidate_chunk):
+  """Z-buffers every box pixel of the triangles wider than `window`.
 
-  def body(i, best_inv_z, best_id):
-    c = coef[i][:, :, None, :]  # [12, B, 1, Tc]
-    planes = [c[3 * k] * x + c[3 * k + 1] * y + c[3 * k + 2] for k in range(4)]
-    inside = tf.minimum(tf.minimum(planes[0], planes[1]), planes[2])
-    inside = inside >= -INSIDE_TOLERANCE
-    score = tf.where(inside, planes[3], -1.0)  # [B, P, Tc]; 1/z > 0 inside
-    chunk_best = tf.reduce_max(score, axis=-1)
-    ids = i * triangle_chunk + tf.range(triangle_chunk, dtype=tf.int32)
-    winners = inside & (score >= chunk_best[..., None])
-    chunk_id = tf.reduce_min(tf.where(winners, ids, tf.int32.max), axis=-1)
-    better = chunk_best > best_inv_z  # strict: earlier chunks win ties
-    return (i + 1, tf.where(better, chunk_best, best_inv_z),
-            tf.where(better, chunk_id, best_id))
+  Triangle k owns the candidate slots [ends[k] - count[k], ends[k]), one
+  per pixel of its clipped box (count = span_x span_y), ends being their
+  running sum; a step takes `candidate_chunk` consecutive slots, finds each
+  slot's triangle by binary search in `ends` and its pixel from the offset
+  in the box. The work is the number of box pixels, whatever the view.
 
-  init = (tf.constant(0), tf.fill([batch, height * width], -1.0),
-          tf.zeros([batch, height * width], tf.int32))
-  _, best_inv_z, best_id = tf.while_loop(
-      lambda i, *_: i < num_chunks, body, init, parallel_iterations=1)
-  return tf.reshape(best_inv_z, [-1]), tf.reshape(best_id, [-1])
+  Args:
+    keys: `[B H W]` int64 z-buffer keys so far.
+    coef: `[B T, 12]` plane coefficients, flattened over (image, triangle).
+    x0, y0, span_x, span_y, size: `[B T]` int32 candidate boxes.
+    num_faces: T.
+
+  Returns:
+    The updated `[B H W]` keys.
+  """
+  with tf.name_scope("ragged_pass"):
+    n = tf.shape(x0)[0]
+    count = tf.where(size > window, span_x * span_y, 0)
+    ends = tf.cumsum(tf.cast(count, tf.int64))
+    begins = ends - tf.cast(count, tf.int64)
+    total = tf.reduce_sum(tf.cast(count, tf.int64))
+    # Each step's z-buffer merge touches all B H W keys: steps of at least
+    # half that many candidates keep it a constant share of the work.
+    chunk = tf.cast(tf.maximum(candidate_chunk, tf.size(keys) // 2), tf.int64)
+    slots = tf.range(chunk)
+
+    def body(i, keys):
+      slot = tf.cast(i, tf.int64) * chunk + slots
+      valid = slot < total
+      flat = tf.minimum(
+          tf.searchsorted(ends, slot, side="right", out_type=tf.int32), n - 1)
+      local = tf.cast(slot - tf.gather(begins, flat), tf.int32)
+      side = tf.maximum(tf.gather(span_x, flat), 1)
+      px = tf.gather(x0, flat) + local % side
+      py = tf.gather(y0, flat) + local // side
+      score = _scores(tf.gather(coef, flat), px, py, height, width)
+      key = _pack_keys(tf.where(valid, score, -1.0), flat % num_faces)
+      pixel = tf.where(valid, ((flat // num_faces) * height + py) * width + px,
+                       0)
+      return i + 1, tf.maximum(keys, tf.math.unsorted_segment_max(
+          key, pixel, tf.size(keys)))
+
+    steps = (total + chunk - 1) // chunk
+    _, keys = tf.while_loop(lambda i, _: tf.cast(i, tf.int64) < steps, body,
+                            (tf.constant(0), keys), parallel_iterations=1)
+    return keys
 
 
-def visible_triangles(screen, faces, height, width, triangle_chunk=128,
-                      windows=DEFAULT_WINDOWS):
+def visible_triangles(screen, faces, height, width, window=DEFAULT_WINDOW,
+                      candidate_chunk=DEFAULT_CANDIDATE_CHUNK):
   """The nearest triangle at each pixel centre (the visibility pass).
 
   A pixel is covered by a triangle when its normalised barycentrics are all
@@ -202,25 +263,26 @@ def visible_triangles(screen, faces, height, width, triangle_chunk=128,
   perspective-correct 1/z wins, ties going to the smallest triangle index.
   Both winding orders are rendered (no culling). No gradient.
 
-  Static shapes throughout (it compiles under XLA), vectorised over the
-  batch and the triangles. Fast path, in tiers: `windows` lists
-  (box side in pixels, how many triangles per image); each tier tests the
-  pixels of a box of that side at the bounding box of that many triangles,
-  the ones with the largest boxes (None: every triangle; a None side: the
-  whole image). A segment-max z-buffer merges all candidates. Only as many
-  tiers run as the batch's widest triangles need; where some image has more
-  triangles wider than a tier's box than the next tier takes, every
-  (pixel, triangle) pair is tested instead, `triangle_chunk` triangles at a
-  time (O(H W T) per image). All paths give the same answer.
+  Each triangle is tested against the pixel centres of its bounding box
+  (with slack for the tolerance, clipped to the image), and a max z-buffer
+  over packed (1/z, -id) keys keeps the nearest. Two passes share the
+  z-buffer, both in steps of `candidate_chunk` (triangle, pixel)
+  candidates: triangles whose box is at most `window` pixels a side test a
+  `window` x `window` square (dense and cheap: near frontal grid meshes
+  are all there), wider ones every pixel of their box through a running
+  sum of box sizes (`_ragged_pass`). The cost is linear in the box pixels
+  at every view, and the memory bounded by the chunk. Vectorised over the
+  batch; compiles under XLA (dynamic trip counts, static step shapes).
 
   Args:
     screen: `[B, V, 3]` vertices as (u, v, z): pixel coordinates (pixel
       centres at integers) and camera depth z > 0.
     faces: `[T, 3]` int32 vertex indices.
     height, width: raster size in pixels (Python ints).
-    triangle_chunk: triangles per step of the exhaustive path (memory
-      ~16 B H W triangle_chunk bytes).
-    windows: the fast path's tiers, box sides increasing.
+    window: box side (pixels) of the window pass; 0 sends every triangle
+      through the ragged pass.
+    candidate_chunk: candidates per step, at least B H W / 2 (memory
+      ~150 B each).
 
   Returns:
     triangle_id: `[B, H, W]` int32, 0 where nothing is covered.
@@ -232,52 +294,27 @@ def visible_triangles(screen, faces, height, width, triangle_chunk=128,
     shapes.check_shape(screen, "screen", ("B", "V", 3))
     batch = tf.shape(screen)[0]
     num_faces = faces.shape[0]
-    num_pixels = batch * height * width
     # Centre the screen on the image so the coefficients stay small.
     center = tf.constant([(width - 1) / 2.0, (height - 1) / 2.0, 0.0])
-    coef = _plane_coefficients(screen - center, faces)  # [12, B, T]
-    x0, y0, span_x, span_y = _pixel_spans(screen, faces, height, width)
-    size = tf.maximum(span_x, span_y)  # <= max(H, W): spans are clipped.
-    tiers = [(side or max(height, width), min(count or num_faces, num_faces))
-             for side, count in windows]
-    # Fewest tiers that take every triangle: tiers[:i + 1] suffice when no
-    # box is wider than tier i's and, for each j < i, the triangles wider
-    # than tier j's box fit in tier j + 1. Otherwise: the exhaustive path.
-    widest = tf.reduce_max(size)
-    fits_so_far = tf.constant(True)
-    usable = []
-    for i, (side, _) in enumerate(tiers):
-      usable.append(fits_so_far & (widest <= side))
-      if i + 1 < len(tiers):
-        wider = tf.reduce_sum(tf.cast(size > side, tf.int32), axis=1)
-        fits_so_far &= tf.reduce_all(wider <= tiers[i + 1][1])
-    branch = tf.reduce_min(tf.where(tf.stack(usable),
-                                    tf.range(len(tiers), dtype=tf.int32),
-                                    len(tiers)))
-
-    def windowed(num_tiers):
-      candidates = []
-      for side, count in tiers[:num_tiers]:
-        ids = tf.math.top_k(size, k=count, sorted=False).indices
-        pick = lambda t, ids=ids: tf.gather(t, ids, axis=-1, batch_dims=1)
-        tier_coef = tf.transpose(pick(tf.transpose(coef, [1, 0, 2])),
-                                 [1, 0, 2])
-        candidates.append(_window_candidates(
-            tier_coef, pick(x0), pick(y0), ids, side, height, width))
-      return _zbuffer_from_candidates(candidates, num_pixels)
-
-    branches = [lambda n=n: windowed(n) for n in range(1, len(tiers) + 1)]
-    branches.append(lambda: _zbuffer_dense(coef, height, width,
-                                           triangle_chunk))
-    best_inv_z, best_id = tf.switch_case(branch, branches)
-    covered = tf.reshape(best_inv_z > 0.0, [batch, height, width])
-    triangle_id = tf.reshape(best_id, [batch, height, width])
-    return tf.where(covered, triangle_id, 0), covered
+    coef = tf.reshape(_plane_coefficients(screen - center, faces), [-1, 12])
+    x0, y0, span_x, span_y = (
+        tf.reshape(t, [-1])
+        for t in _pixel_spans(screen, faces, height, width))
+    size = tf.maximum(span_x, span_y)
+    keys = tf.fill([batch * height * width], tf.constant(-1, tf.int64))
+    if window > 0:
+      keys = _window_pass(keys, coef, x0, y0, size, num_faces, window,
+                          height, width, candidate_chunk)
+    keys = _ragged_pass(keys, coef, x0, y0, span_x, span_y, size, num_faces,
+                        window, height, width, candidate_chunk)
+    covered, triangle_id = _unpack_keys(keys)
+    return (tf.reshape(triangle_id, [batch, height, width]),
+            tf.reshape(covered, [batch, height, width]))
 
 
 def rasterize_depth(points, faces, focal, principal_point, height, width,
-                    background_depth, triangle_chunk=128,
-                    windows=DEFAULT_WINDOWS):
+                    background_depth, window=DEFAULT_WINDOW,
+                    candidate_chunk=DEFAULT_CANDIDATE_CHUNK):
   """Renders the camera depth of a mesh, differentiable w.r.t. its vertices.
 
   Args:
@@ -286,7 +323,7 @@ def rasterize_depth(points, faces, focal, principal_point, height, width,
     focal, principal_point: intrinsics in pixels.
     height, width: output size in pixels (Python ints).
     background_depth: depth written where no triangle is visible.
-    triangle_chunk, windows: see `visible_triangles`.
+    window, candidate_chunk: see `visible_triangles`.
 
   Returns:
     depth: `[B, H, W]` nearest surface depth, `background_depth` elsewhere.
@@ -298,7 +335,7 @@ def rasterize_depth(points, faces, focal, principal_point, height, width,
     screen = tf.concat(
         [camera.project(points, focal, principal_point), points[..., 2:]], -1)
     triangle_id, covered = visible_triangles(
-        screen, faces, height, width, triangle_chunk, windows)
+        screen, faces, height, width, window, candidate_chunk)
     batch = tf.shape(points)[0]
     mask = tf.cast(covered, tf.float32)[..., None]
     # TFG inverts one matrix per listed triangle; a grid mesh has about two

@@ -20,14 +20,15 @@ class Renderer:
   """
 
   def __init__(self, image_size=64, fov=10.0, min_depth=0.9, max_depth=1.1,
-               rot_center_depth=None, triangle_chunk=128):
+               rot_center_depth=None,
+               candidate_chunk=rasterizer.DEFAULT_CANDIDATE_CHUNK):
     """Args:
       image_size: S, the side of the square images in pixels.
       fov: field of view in degrees.
       min_depth, max_depth: the canonical depth range (scene units).
       rot_center_depth: z of the rotation centre; default the mid depth.
-      triangle_chunk: triangles per step of the visibility pass (memory
-        ~16 B S^2 triangle_chunk bytes).
+      candidate_chunk: (triangle, pixel) pairs per step of the visibility
+        pass (`rasterizer.visible_triangles`; memory ~150 B each).
     """
     if min_depth <= 0 or max_depth <= min_depth:
       raise ValueError("Need 0 < min_depth < max_depth, got "
@@ -39,7 +40,7 @@ class Renderer:
     self.rot_center_depth = float((min_depth + max_depth) / 2.0
                                   if rot_center_depth is None
                                   else rot_center_depth)
-    self.triangle_chunk = int(triangle_chunk)
+    self.candidate_chunk = int(candidate_chunk)
     f = camera.focal_length(self.image_size, self.fov)
     c = (self.image_size - 1) / 2.0
     self.focal = (f, f)
@@ -100,7 +101,7 @@ class Renderer:
       warped, _ = rasterizer.rasterize_depth(
           points, self.faces, self.focal, self.principal_point, s, s,
           background_depth=self.far_depth,
-          triangle_chunk=self.triangle_chunk)
+          candidate_chunk=self.candidate_chunk)
       return tf.clip_by_value(warped, self.min_depth - self.margin,
                               self.far_depth)
 
