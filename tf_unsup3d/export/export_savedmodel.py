@@ -10,11 +10,13 @@ never replaced without --overwrite; the export is written to a hidden
 temporary folder beside it and renamed into place, so a crash never leaves
 half a version for the server to load.
 
-Signatures (see `OUTPUTS` for the outputs, the same for both):
-  serving_default        images `[N, 64, 64, 3]` float32 in [0, 1]
+Signatures (see `OUTPUTS` for the outputs, the same for both), S the
+model's `image_size` (64, 128 or 256, from its gin config):
+  serving_default        images `[N, S, S, 3]` float32 in [0, 1]
   predict_images_bytes   image_bytes `[N]` string: encoded JPEG, PNG (8/16
                          bit, grey, RGBA), GIF or BMP files of any size,
-                         decoded, centre-cropped and resized in the graph;
+                         decoded, centre-cropped and resized to S x S in
+                         the graph;
                          files over --max_pixels pixels are rejected from
                          their header, before decoding.
 
@@ -123,8 +125,10 @@ class ServingModule(tf.Module):
     }
 
 
-def warmup_inputs(image_size=64):
-  """Signature -> inputs of its warmup request (small, deterministic)."""
+def warmup_inputs(image_size):
+  """Signature -> inputs of its warmup request (small, deterministic): an
+  `[1, S, S, 3]` image for `serving_default`, and that image enlarged to
+  3S x 2S as a PNG and a JPEG for `predict_images_bytes`."""
   v, u = np.mgrid[0:image_size, 0:image_size] / (image_size - 1)
   image = np.stack([u, v, 1.0 - u * v], axis=-1).astype(np.float32)
   big = np.round(np.kron(image, np.ones((3, 2, 1))) * 255).astype(np.uint8)
@@ -132,11 +136,13 @@ def warmup_inputs(image_size=64):
   return {IMAGES_SIGNATURE: image[None], BYTES_SIGNATURE: files}
 
 
-def write_warmup_requests(path, model_name, image_size=64):
-  """TFRecord of `PredictionLog`s: one request per signature."""
+def write_warmup_requests(path, model_name, image_size):
+  """TFRecord of `PredictionLog`s: one request per signature, for a model
+  of `image_size` S."""
   with tf.io.TFRecordWriter(path) as writer:
     for signature, inputs in warmup_inputs(image_size).items():
-      request = client.make_predict_request(inputs, model_name, signature)
+      request = client.make_predict_request(inputs, model_name, signature,
+                                            image_size=image_size)
       log = prediction_log_pb2.PredictionLog(
           predict_log=prediction_log_pb2.PredictLog(request=request))
       writer.write(log.SerializeToString())
