@@ -88,7 +88,11 @@ PAPER_128 = {f"{name}_128": dict(PAPER[name], **AT_128)
 VARIANTS_128 = {
     "synthetic_128": ("synthetic", {
         "make_dataset.data_dir", "make_dataset.image_size",
-        "generate_synthetic.image_size", "Unsup3D.image_size"}),
+        "generate_synthetic.image_size", "Unsup3D.image_size",
+        # CPU budget: fewer, costlier images and steps.
+        "generate_synthetic.num_train", "train.batch_size",
+        "train.num_epochs", "train.checkpoint_every_steps",
+        "train.summary_every_steps", "train.image_summary_every_steps"}),
     **{name: (name[:-len("_128")], set(AT_128)) for name in PAPER_128},
 }
 
