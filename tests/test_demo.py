@@ -190,9 +190,9 @@ def test_demo_at_128_pixels(inputs, tmp_path):
   predictor = demo.Predictor(lambda x: model(x, training=False),
                              model.renderer)
   done, skipped = demo.run_demo(predictor, [str(folder / "odd.jpg")],
-                                str(tmp_path), num_frames=2)
+                                str(tmp_path), num_frames=NUM_FRAMES)
   assert not skipped and [name for name, _ in done] == ["odd"]
-  check_results_at(tmp_path / "odd", 128, 2)
+  check_results_at(tmp_path / "odd", 128, NUM_FRAMES)
   data = (folder / "odd.jpg").read_bytes()
   expected = model(preprocessing.decode_image(data, 128)[None])
   png = (tmp_path / "odd" / "depth16.png").read_bytes()
