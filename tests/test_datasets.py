@@ -418,5 +418,57 @@ def test_ground_truth_depth_resizes_like_pil_bilinear(tmp_path):
   np.testing.assert_allclose(depth, 1.1 - 0.2 * resized, atol=2e-6)
 
 
+def area_weights(n, size):
+  """`[size, n]` exact box-filter weights: output pixel i averages input
+  [i n / size, (i + 1) n / size), each input pixel by its covered share."""
+  edges = np.arange(size + 1) * n / size
+  lo, hi = edges[:-1, None], edges[1:, None]
+  j = np.arange(n)[None, :]
+  return np.clip(np.minimum(hi, j + 1) - np.maximum(lo, j), 0, None) / (
+      n / size)
+
+
+def test_paired_data_at_128_crops_and_resizes_image_and_depth(tmp_path):
+  """synface_128.gin's pipeline: 256 x 256 pairs, centre crop 170, resized
+  to 128: the image by exact area averaging, the depth as PIL's bilinear."""
+  rng = np.random.default_rng(5)
+  image = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+  g = rng.integers(0, 65536, (256, 256), dtype=np.uint16)
+  write(str(tmp_path / "test" / "image" / "0_image.png"), png(image))
+  write(str(tmp_path / "test" / "depth" / "0_depth.png"), png(g[..., None]))
+  dataset, _ = datasets.make_dataset("test", False, 1, data_dir=str(tmp_path),
+                                     layout="paired", image_size=128,
+                                     crop_spec=170)
+  batch = next(iter(dataset))
+  assert batch["image"].shape == (1, 128, 128, 3)
+  assert batch["depth"].shape == (1, 128, 128)
+  crop = slice(43, 213)  # (256 - 170) / 2
+  weights = area_weights(170, 128)
+  expected = np.einsum("iy,yxc,jx->ijc", weights,
+                       image[crop, crop].astype(np.float64) / 255, weights)
+  np.testing.assert_allclose(batch["image"][0], expected, atol=1e-5)
+  square = g[crop, crop].astype(np.float32) / 65535
+  resized = np.asarray(Image.fromarray(square, mode="F").resize(
+      (128, 128), Image.BILINEAR))
+  np.testing.assert_allclose(batch["depth"][0], 1.1 - 0.2 * resized,
+                             atol=2e-6)
+
+
+def test_celeba_crops_at_128_reach_the_model_unresampled(tmp_path):
+  """celeba_128.gin: `prepare celeba` writes 128 x 128 crops, and at
+  image_size 128 the pipeline passes their pixels as they are (at 64,
+  celeba.gin, they become 2 x 2 block means)."""
+  rng = np.random.default_rng(6)
+  crop = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
+  write(str(tmp_path / "val" / "face.png"), png(crop))
+  read = lambda size: next(iter(datasets.make_dataset(
+      "val", False, 1, data_dir=str(tmp_path), image_size=size)[0]))[
+          "image"].numpy()[0]
+  np.testing.assert_allclose(read(128), crop / 255, atol=1e-7)
+  np.testing.assert_allclose(
+      read(64), (crop / 255).reshape(64, 2, 64, 2, 3).mean((1, 3)),
+      atol=1e-6)
+
+
 if __name__ == "__main__":
   raise SystemExit(pytest.main([__file__]))

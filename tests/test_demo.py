@@ -75,7 +75,7 @@ def test_depth16_encodes_the_canonical_depth(inputs, results, tiny_model):
   folder, names = inputs
   output_dir = results[0]
   data = (folder / f"{names[0]}.png").read_bytes()
-  image = preprocessing.decode_image(data)[None]
+  image = preprocessing.decode_image(data, SIZE)[None]
   expected = tiny_model(image)["canon_depth"][0]
   png = open(os.path.join(output_dir, names[0], "depth16.png"), "rb").read()
   depth = datasets.decode_depth(png, tiny_model.min_depth,
@@ -161,6 +161,44 @@ def test_an_input_named_like_the_overview_page(tiny_model, tmp_path):
     assert (output_dir / name / "mesh.obj").is_file(), name
     assert f'href="{name}/mesh.obj"' in page
     assert os.path.basename(source) in page
+
+
+def check_results_at(folder, size, num_frames):
+  """Every picture, turntable and mesh of one demo result is `size` px."""
+  for picture in PNGS:
+    data = open(os.path.join(folder, f"{picture}.png"), "rb").read()
+    image = tf.io.decode_png(data, dtype=tf.uint16 if picture == "depth16"
+                             else tf.uint8)
+    assert image.shape[:2] == (size, size), picture
+  for gif in demo.TURNTABLES:
+    data = open(os.path.join(folder, f"{gif}.gif"), "rb").read()
+    assert tf.io.decode_gif(data).shape == (num_frames, size, size, 3), gif
+  obj = trimesh.load(os.path.join(folder, "mesh.obj"), process=False)
+  assert obj.vertices.shape == (size * size, 3)
+  assert obj.faces.shape == (2 * (size - 1) ** 2, 3)
+  assert obj.visual.material.image.size == (size, size)
+
+
+def test_demo_at_128_pixels(inputs, tmp_path):
+  """A 128-px model: the photo is resized to 128, not 64, and every result
+  is 128 px, its depth16 the model's canonical depth of that input."""
+  # pylint: disable-next=g-import-not-at-top
+  from tf_unsup3d import model as model_lib
+  folder, _ = inputs
+  model = model_lib.Unsup3D(image_size=128, nf=8, zdim=16, light_view_nf=8,
+                            conf_zdim=16, lam_perc=0.0)
+  predictor = demo.Predictor(lambda x: model(x, training=False),
+                             model.renderer)
+  done, skipped = demo.run_demo(predictor, [str(folder / "odd.jpg")],
+                                str(tmp_path), num_frames=NUM_FRAMES)
+  assert not skipped and [name for name, _ in done] == ["odd"]
+  check_results_at(tmp_path / "odd", 128, NUM_FRAMES)
+  data = (folder / "odd.jpg").read_bytes()
+  expected = model(preprocessing.decode_image(data, 128)[None])
+  png = (tmp_path / "odd" / "depth16.png").read_bytes()
+  np.testing.assert_allclose(
+      datasets.decode_depth(png, model.min_depth, model.max_depth),
+      expected["canon_depth"][0], atol=1e-5)
 
 
 @pytest.mark.slow

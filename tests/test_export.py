@@ -98,7 +98,8 @@ def test_bytes_signature_matches_keras_on_any_image(exported):
   data = tf.constant(list(files.values()))
   outputs = loaded.signatures["predict_images_bytes"](image_bytes=data)
   assert set(outputs) == set(export_savedmodel.OUTPUTS)
-  images = tf.stack([preprocessing.decode_image(d) for d in files.values()])
+  images = tf.stack([preprocessing.decode_image(d, 64)
+                     for d in files.values()])
   assert images.shape == (len(files), 64, 64, 3)
   assert _max_diff(outputs, model(images)) <= 1e-5
 
@@ -109,7 +110,7 @@ def test_bytes_of_a_64_pixel_png_equal_the_images_signature(exported):
   files = [_encode(p, "PNG") for p in pixels]
   images = tf.image.convert_image_dtype(pixels, tf.float32)
   # A 64 x 64 file is not resampled: the model sees its pixels (to an ulp).
-  np.testing.assert_allclose(preprocessing.decode_images(files), images,
+  np.testing.assert_allclose(preprocessing.decode_images(files, 64), images,
                              rtol=0, atol=1e-7)
   from_bytes = loaded.signatures["predict_images_bytes"](image_bytes=files)
   from_floats = loaded.signatures["serving_default"](images=images)
@@ -299,10 +300,20 @@ def test_rest_payload_and_response_round_trip(exported):
 
 
 def test_client_rejects_malformed_inputs():
-  with pytest.raises(ValueError, match=r"\[N, 64, 64, 3\]"):
+  with pytest.raises(ValueError, match=r"\[N, S, S, 3\]"):
     client.make_predict_request(np.zeros((64, 64, 3)))
+  with pytest.raises(ValueError, match="square"):
+    client.make_predict_request(np.zeros((1, 64, 128, 3)))
+  with pytest.raises(ValueError, match=r"\[N, 64, 64, 3\]"):
+    client.make_predict_request(np.zeros((1, 128, 128, 3)), image_size=64)
+  with pytest.raises(ValueError, match=r"\[N, 128, 128, 3\]"):
+    client.rest_payload(np.zeros((1, 64, 64, 3)), image_size=128)
   with pytest.raises(ValueError, match="Unknown signature"):
     client.make_predict_request(np.zeros((1, 64, 64, 3)), signature_name="x")
+  # Without the model's size, any square batch goes (the server checks).
+  for size in (64, 128, 256):
+    request = client.make_predict_request(np.zeros((1, size, size, 3)))
+    assert request.inputs["images"].tensor_shape.dim[1].size == size
 
 
 @pytest.fixture(scope="module")
@@ -329,7 +340,7 @@ def test_tflite_matches_the_saved_model(exported, tflite_files, quantization):
   with open(path, "rb") as f:
     tflite = f.read()
   images = np.concatenate([
-      export_tflite.validation_images(count=1, seed=5),
+      export_tflite.validation_images(64, count=1, seed=5),
       np.random.default_rng(5).uniform(size=(1, 64, 64, 3))]).astype(
           np.float32)
   outputs = export_tflite.tflite_predict(tflite, images)
@@ -431,7 +442,7 @@ def test_tflite_tolerances_hold_on_trained_like_weights(tmp_path,
   model.build((None, 64, 64, 3))
   _scale_last_kernel(model.net_view, 20.0)
   _scale_last_kernel(model.net_light, 3.0)
-  images = export_tflite.validation_images()
+  images = export_tflite.validation_images(64)
   outputs = model(images)
   assert np.std(outputs["view"][:, :3]) > 0.02  # Trained-like spread.
   assert np.std(outputs["light"]) > 0.1
@@ -484,6 +495,115 @@ def test_export_refuses_a_checkpoint_of_another_configuration(tmp_path):
   assert run.returncode != 0
   assert "Unsup3D.use_conf_map" in run.stderr and "net_conf" in run.stderr
   assert not output.exists()
+
+
+@pytest.mark.parametrize("size", [64, 128, 256])
+def test_warmup_inputs_follow_the_size_and_the_pixel_limit(size):
+  for max_pixels in (preprocessing.DEFAULT_MAX_PIXELS, 40000, 5000):
+    inputs = export_savedmodel.warmup_inputs(size, max_pixels)
+    assert inputs["serving_default"].shape == (1, size, size, 3)
+    client.make_predict_request(inputs["serving_default"], image_size=size)
+    for data in inputs["predict_images_bytes"]:
+      height, width = tf.io.decode_image(data).shape[:2]
+      assert height * width <= max_pixels and height != width
+      assert height % size or width % size  # resampled, not a multiple
+      image = preprocessing.decode_image(data, size, max_pixels)
+      assert image.shape == (size, size, 3)
+
+
+@pytest.fixture(scope="module")
+def exported_128(tmp_path_factory):
+  """(model, version path, loaded SavedModel) of a tiny 128-px model."""
+  tf.random.set_seed(0)
+  model = model_lib.Unsup3D(image_size=128, nf=8, zdim=16, light_view_nf=8,
+                            conf_zdim=16, lam_perc=0.0)
+  model.build((None, 128, 128, 3))
+  base = str(tmp_path_factory.mktemp("export_128") / "unsup3d")
+  path = export_savedmodel.export_saved_model(model, base,
+                                              max_pixels=MAX_PIXELS)
+  return model, path, tf.saved_model.load(path)
+
+
+@pytest.mark.slow  # exporting a 128 px model: ~2 minutes
+def test_signatures_at_128_take_and_give_128_pixel_images(exported_128):
+  model, _, loaded = exported_128
+  spec = loaded.signatures["serving_default"].structured_input_signature[1]
+  assert spec["images"].shape.as_list() == [None, 128, 128, 3]
+  assert json.loads(loaded.renderer_config_json().numpy())[
+      "image_size"] == 128
+  images = np.random.default_rng(6).uniform(size=(2, 128, 128, 3)).astype(
+      np.float32)
+  outputs = loaded.signatures["serving_default"](images=images)
+  assert _max_diff(outputs, model(images)) <= 1e-5
+  for key, (shape, _) in export_savedmodel.OUTPUTS.items():
+    if shape.startswith("[B, S, S") or shape.startswith("[B, S/4"):
+      side = 128 if "S/4" not in shape else 32
+      assert outputs[key].shape[1:3] == (side, side), key
+
+
+@pytest.mark.slow
+def test_bytes_signature_at_128_resizes_to_128(exported_128):
+  """Files of any size are resized to the model's 128, not 64: a 128 x 128
+  PNG reaches the model unresampled (the images signature's answer), an
+  odd file as `preprocessing.decode_image(..., 128)` makes it."""
+  model, _, loaded = exported_128
+  pixels = np.random.default_rng(7).integers(0, 256, (1, 128, 128, 3),
+                                             np.uint8)
+  images = tf.image.convert_image_dtype(pixels, tf.float32)
+  from_bytes = loaded.signatures["predict_images_bytes"](
+      image_bytes=[_encode(pixels[0], "PNG")])
+  from_floats = loaded.signatures["serving_default"](images=images)
+  assert from_bytes["canon_depth"].shape == (1, 128, 128)
+  assert _max_diff(from_bytes, from_floats) <= 1e-4
+  files = list(_odd_files().values())[:2]  # 37 x 53 photos
+  outputs = loaded.signatures["predict_images_bytes"](image_bytes=files)
+  decoded = tf.stack([preprocessing.decode_image(d, 128) for d in files])
+  assert _max_diff(outputs, model(decoded)) <= 1e-5
+
+
+@pytest.mark.slow
+def test_warmup_and_client_round_trips_at_128(exported_128):
+  _, path, loaded = exported_128
+  requests = export_savedmodel.read_warmup_requests(
+      os.path.join(path, export_savedmodel.WARMUP_FILE))
+  assert len(requests) == len(export_savedmodel.SIGNATURES)
+  for request in requests:
+    signature, inputs = client.request_inputs(request)
+    if signature == export_savedmodel.IMAGES_SIGNATURE:
+      assert inputs["images"].shape[1:] == (128, 128, 3)
+    outputs = loaded.signatures[signature](**inputs)
+    assert outputs["recon_image"].shape[1:] == (128, 128, 3)
+  images = np.random.default_rng(8).uniform(size=(1, 128, 128, 3)).astype(
+      np.float32)
+  parsed, outputs = _grpc_round_trip(loaded, images)
+  np.testing.assert_array_equal(parsed["canon_depth"],
+                                outputs["canon_depth"].numpy())
+  body = json.dumps(client.rest_payload(images, image_size=128))
+  name, tensors = client.rest_payload_inputs(json.loads(body))
+  answer = client.parse_rest_response(json.dumps(client.rest_response(
+      loaded.signatures[name](**tensors))))
+  np.testing.assert_array_equal(answer["canon_depth"],
+                                outputs["canon_depth"].numpy())
+
+
+@pytest.mark.slow
+def test_tflite_at_128_matches_the_saved_model(exported_128, tmp_path):
+  model, _, loaded = exported_128
+  serving = loaded.signatures["serving_default"]
+  path = str(tmp_path / "unsup3d_128.tflite")
+  errors = export_tflite.export_tflite(
+      model, path, "none", reference=lambda x: serving(images=x))
+  assert set(errors) == set(export_tflite.QUANTITIES)
+  with open(path, "rb") as f:
+    tflite = f.read()
+  images = export_tflite.validation_images(128, count=1, seed=9)
+  assert images.shape == (1, 128, 128, 3)
+  outputs = export_tflite.tflite_predict(tflite, images)
+  assert outputs["canon_depth"].shape == (1, 128, 128)
+  assert outputs["canon_normal"].shape == (1, 128, 128, 3)
+  export_tflite.check_tolerances(
+      export_tflite.output_errors(outputs, serving(images=images), 0.2),
+      "none")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The synthetic dataset: determinism, layout, encoding and analytic renders."""
 
 import filecmp
+import json
 import math
 import os
 
@@ -144,18 +145,18 @@ def test_yawed_plane_renders_the_ray_plane_intersection(base, monkeypatch):
     ((0.1, 0.35, -0.08, 0.01, -0.008, 0.0), (0.3, 0.7, 0.45, -0.3)),
     ((-0.15, -0.4, 0.1, -0.01, 0.01, 0.0), (0.5, 0.4, -0.4, 0.35))])
 def test_model_renders_the_ground_truth_factors_like_the_generator(view,
-                                                                   light):
+                                                                   light,
+                                                                   s=64):
   """The two renderers check each other: the model's TensorFlow path, fed
   the generator's canonical depth, albedo, light and view, reproduces the
   NumPy ray-caster's image and depth on the face."""
   # pylint: disable-next=g-import-not-at-top
   from tf_unsup3d import model as model_lib
-  s = 64
   params = instance(seed=5)
   canon_depth, albedo, _ = synthetic.canonical_maps(params, s)
   image, depth = synthetic.render_instance(params, view, light, s)
-  model = model_lib.Unsup3D(nf=8, zdim=16, light_view_nf=8, conf_zdim=16,
-                            lam_perc=0.0, vgg_weights=None,
+  model = model_lib.Unsup3D(image_size=s, nf=8, zdim=16, light_view_nf=8,
+                            conf_zdim=16, lam_perc=0.0, vgg_weights=None,
                             z_translation_range=0.0)
   # The generator lights the posed face in the camera frame, the model the
   # canonical face: the same shading for the canonical light R^T l.
@@ -184,6 +185,87 @@ def test_model_renders_the_ground_truth_factors_like_the_generator(view,
   assert error.mean() < 0.01 and np.percentile(error, 95) < 0.03, (
       error.mean(), np.percentile(error, 95))
 
+
+
+def test_model_renders_the_ground_truth_factors_like_the_generator_at_128():
+  """As above at 128 px, for one posed and side-lit face."""
+  test_model_renders_the_ground_truth_factors_like_the_generator(
+      (0.1, 0.35, -0.08, 0.01, -0.008, 0.0), (0.3, 0.7, 0.45, -0.3), s=128)
+
+
+def test_generated_128_pixel_data_holds_whole_faces_in_range(tmp_path):
+  """The files at 128 x 128, read through the training pipeline: images in
+  [0, 1], depth in [MIN_DEPTH, MAX_DEPTH], each face inside the frame (no
+  face pixel on the border rows or columns) and covering a good part of
+  it, with the background at MAX_DEPTH."""
+  root = tmp_path / "data"
+  synthetic.generate(str(root), 2, 1, 1, image_size=128, seed=0,
+                     num_workers=1, progress=False, **synthetic.WILD)
+  for split in ("train", "val", "test"):
+    assert json.loads((root / split / synthetic.MANIFEST_FILE).read_text())[
+        "image_size"] == 128
+    dataset, info = datasets.make_dataset(
+        split, False, 2, data_dir=str(root), layout="paired",
+        image_size=128)
+    assert info["num_examples"] == (2 if split == "train" else 1)
+    batch = next(iter(dataset))
+    images, depths = batch["image"].numpy(), batch["depth"].numpy()
+    assert images.shape[1:] == (128, 128, 3)
+    assert depths.shape[1:] == (128, 128)
+    assert images.min() >= 0 and images.max() <= 1
+    # 16 bits over the depth range: within a step of it.
+    step = (synthetic.MAX_DEPTH - synthetic.MIN_DEPTH) / 65535
+    assert depths.min() >= synthetic.MIN_DEPTH - step
+    assert depths.max() <= synthetic.MAX_DEPTH + step
+    for depth in depths:
+      face = depth < synthetic.MAX_DEPTH - step
+      assert 0.2 < face.mean() < 0.8
+      assert not (face[0].any() or face[-1].any() or face[:, 0].any() or
+                  face[:, -1].any())
+      assert depth[face].max() < synthetic.MAX_DEPTH - 0.05  # the face is
+      # in front of the background, not blended into it
+
+
+def sample_at(values, u, v):
+  """Bilinear samples of `[S, S, ...]` at float pixel coordinates."""
+  last = values.shape[0] - 2  # the last cell holds the far edge
+  u0 = np.minimum(np.floor(u).astype(int), last)
+  v0 = np.minimum(np.floor(v).astype(int), last)
+  fu, fv = u - u0, v - v0
+  if values.ndim == 3:
+    fu, fv = fu[..., None], fv[..., None]
+  return ((1 - fv) * ((1 - fu) * values[v0, u0] + fu * values[v0, u0 + 1]) +
+          fv * ((1 - fu) * values[v0 + 1, u0] + fu * values[v0 + 1, u0 + 1]))
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_a_scene_at_128_pixels_is_the_64_pixel_scene_sampled_finer(index):
+  """The generator draws each face in normalised coordinates: the same
+  scene at 128 px, read at the camera rays of the 64 px pixels (pixel u at
+  64 looks along the ray of u' = 63.5 + (u - 31.5) * 63.5 / 31.5 at 128,
+  DESIGN section 2's K), gives the 64 px depth and image away from the
+  silhouette, and the face covers the same share of the frame."""
+  params, view, light = synthetic.sample_scene(2, 0, index)
+  image_64, depth_64 = synthetic.render_instance(params, view, light, 64)
+  image_128, depth_128 = synthetic.render_instance(params, view, light, 128)
+  face_64 = depth_64 < synthetic.MAX_DEPTH
+  face_128 = depth_128 < synthetic.MAX_DEPTH
+  assert abs(face_64.mean() - face_128.mean()) < 0.01
+  v, u = np.mgrid[0:64, 0:64] * (63.5 / 31.5) + 63.5 - 31.5 * (63.5 / 31.5)
+  # Pixels whose 2 x 2 neighbourhood at 128 is all face.
+  inner = face_64 & (sample_at(face_128.astype(float), u, v) == 1.0)
+  inner = inner & tf.nn.erosion2d(
+      tf.constant(face_64[None, ..., None], tf.float32),
+      tf.zeros([3, 3, 1]), [1, 1, 1, 1], "SAME", "NHWC",
+      [1, 1, 1, 1]).numpy()[0, ..., 0].astype(bool)
+  assert inner.mean() > 0.2
+  depth_error = np.abs(sample_at(depth_128, u, v) - depth_64)[inner]
+  # Bilinear between pixels of a surface with ~0.1 relief over the frame;
+  # self-occlusion edges (the nose seen from the side) differ more.
+  assert np.median(depth_error) < 1e-4, np.median(depth_error)
+  assert np.mean(depth_error < 1e-3) > 0.97, np.sort(depth_error)[-10:]
+  image_error = np.abs(sample_at(image_128, u, v) - image_64)[inner]
+  assert image_error.mean() < 0.01 and np.percentile(image_error, 99) < 0.05
 
 
 def rotation(rx, ry, rz):

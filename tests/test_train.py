@@ -23,7 +23,8 @@ from tf_unsup3d import train as train_lib
 from tf_unsup3d.data import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = ["synthetic", "celeba", "synface", "cats", "cars"]
+CONFIGS = ["synthetic", "celeba", "synface", "cats", "cars", "synthetic_128",
+           "celeba_128", "synface_128", "cats_128"]
 TINY = ["Unsup3D.nf = 4", "Unsup3D.zdim = 8", "Unsup3D.conf_zdim = 8",
         "Unsup3D.light_view_nf = 4", "Unsup3D.vgg_weights = None",
         "train.batch_size = 2", "train.summary_every_steps = 1",
@@ -40,7 +41,8 @@ def paired_data(tmp_path_factory):
 
 
 def bindings(config, data_dir, extra=()):
-  layout = "paired" if config in ("synthetic", "synface") else "folder"
+  paired = config.split("_")[0] in ("synthetic", "synface")
+  layout = "paired" if paired else "folder"
   return TINY + [f"make_dataset.data_dir = '{data_dir}'",
                  f"make_dataset.layout = '{layout}'",
                  # the paper crops assume larger photos than 64x64

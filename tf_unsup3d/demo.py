@@ -6,15 +6,17 @@ r"""3D reconstructions of your own images, as pictures, turntables and meshes.
         [--detect_faces [--no_face=skip|centre]] [--boxes=FILE --box_rule=...]
 
 Takes any JPEG, PNG (8 or 16 bit, grey, RGBA), GIF or BMP of any size,
-centre-crops it to a square and resizes it to 64 x 64 (the SavedModel's
-`predict_images_bytes` preprocessing, `tf_unsup3d.preprocessing`). With
+centre-crops it to a square and resizes it to S x S, S the model's
+`image_size` (64, 128 or 256: the checkpoint's gin config, or the
+SavedModel's renderer config), as the SavedModel's `predict_images_bytes`
+does (`tf_unsup3d.preprocessing`). With
 `--detect_faces` or `--boxes` each photo is first cropped to its largest face
 or its listed box (`tf_unsup3d.cropping`: the reference demo's square, edge
 pixels repeated past the photo's border); photos without one are listed as
 skipped, or centre-cropped with `--no_face=centre`. For each image,
 `DIR/<name>/` gets:
 
-  input.png              the 64 x 64 model input
+  input.png              the S x S model input
   depth.png              canonical depth, colour-mapped (near = bright)
   depth16.png            canonical depth, 16-bit grey: g = (max_depth - d) /
                          (max_depth - min_depth) * 65535, the dataset's depth

@@ -150,6 +150,7 @@ def main(argv):
     raise app.UsageError("--checkpoint is required.")
   try:
     model = checkpoints.load_model(args.checkpoint)
+    datasets.check_image_size(model.image_size)
     dataset, info = datasets.make_dataset(args.split, training=False,
                                           batch_size=args.batch_size)
     if "depth" not in dataset.element_spec:

@@ -1,6 +1,7 @@
 r"""One forward and backward pass of a small, untrained model on a made-up face.
 
-    python -m tf_unsup3d.forward_demo --output_dir=/tmp/tf_unsup3d_demo
+    python -m tf_unsup3d.forward_demo --output_dir=/tmp/tf_unsup3d_demo \
+        [--image_size=64|128|256]
 
 Prints every output's shape and value range, the loss terms and the time
 taken, and writes a picture of the predicted factors. A smoke test of the
@@ -16,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_unsup3d import model as model_lib
+from tf_unsup3d import networks
 from tf_unsup3d import visualization
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "/tmp/tf_unsup3d_demo",
@@ -23,6 +25,9 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", "/tmp/tf_unsup3d_demo",
 _BATCH = flags.DEFINE_integer("batch_size", 4, "Images per batch.")
 _NF = flags.DEFINE_integer("nf", 16, "Network width (the paper uses 64).")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
+_IMAGE_SIZE = flags.DEFINE_enum(
+    "image_size", "64", [str(s) for s in networks.IMAGE_SIZES],
+    "Image side S in pixels (64 is the paper's).")
 
 
 def symmetric_faces(batch, size, seed):
@@ -44,10 +49,11 @@ def symmetric_faces(batch, size, seed):
 def main(argv):
   del argv
   tf.random.set_seed(_SEED.value)
-  model = model_lib.Unsup3D(nf=_NF.value, zdim=_NF.value * 4,
+  size = int(_IMAGE_SIZE.value)
+  model = model_lib.Unsup3D(image_size=size, nf=_NF.value, zdim=_NF.value * 4,
                             light_view_nf=_NF.value // 2,
                             conf_zdim=_NF.value * 2, lam_perc=0.0)
-  images = tf.constant(symmetric_faces(_BATCH.value, 64, _SEED.value))
+  images = tf.constant(symmetric_faces(_BATCH.value, size, _SEED.value))
   start = time.perf_counter()
   with tf.GradientTape() as tape:
     outputs = model(images, training=True)

@@ -177,7 +177,7 @@ def center_crop_resize(image, size, crop_spec=None, method="area"):
     side = tf.minimum(height, width)
     image = tf.image.crop_to_bounding_box(
         image, (height - side) // 2, (width - side) // 2, side, side)
-    # Already the right size: no resampling, so 64 x 64 files pass exactly.
+    # Already the right size: no resampling, so S x S files pass exactly.
     resized = tf.cond(
         tf.equal(side, size), lambda: tf.cast(image, tf.float32),
         lambda: tf.image.resize(image, [size, size], method=method,
@@ -231,7 +231,7 @@ def error_reason(error):
   return (reason.splitlines() or [""])[0]
 
 
-def decode_image(data, size=64, max_pixels=DEFAULT_MAX_PIXELS):
+def decode_image(data, size, max_pixels=DEFAULT_MAX_PIXELS):
   """One encoded image (scalar string) -> `[size, size, 3]` float32 in [0, 1].
 
   `decode_rgb` then `center_crop_resize`; raises as `decode_rgb` does.
@@ -240,7 +240,7 @@ def decode_image(data, size=64, max_pixels=DEFAULT_MAX_PIXELS):
     return center_crop_resize(decode_rgb(data, max_pixels), size)
 
 
-def decode_images(data, size=64, max_pixels=DEFAULT_MAX_PIXELS):
+def decode_images(data, size, max_pixels=DEFAULT_MAX_PIXELS):
   """`[N]` encoded images -> `[N, size, size, 3]` float32 in [0, 1]."""
   with tf.name_scope("decode_images"):
     data = tf.convert_to_tensor(data, tf.string)

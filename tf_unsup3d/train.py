@@ -819,6 +819,7 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
   checkpoint = build_model_and_optimizer(strategy, learning_rate,
                                          adam_epsilon, mixed_precision)
   model = checkpoint.model
+  datasets.check_image_size(model.image_size)
   schedules = Schedules(
       learning_rate, learning_rate_schedule, final_learning_rate_ratio,
       lam_depth_sm=model.lam_depth_sm, final_lam_depth_sm=final_lam_depth_sm,

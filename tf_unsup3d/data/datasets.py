@@ -19,6 +19,7 @@ process skips exactly the batches it had trained on.
 import concurrent.futures
 import errno
 import glob
+import inspect
 import json
 import os
 import typing
@@ -283,6 +284,28 @@ def _window_shuffle(dataset, window, key):
     return tf.random.experimental.stateless_shuffle(records, seed,
                                                     alg=_RNG_ALG)
   return dataset.batch(window).enumerate().map(shuffle).unbatch()
+
+
+def check_image_size(image_size):
+  """Raises DataError unless the pipeline's side is the model's.
+
+  Args:
+    image_size: the model's S (`Unsup3D.image_size`).
+
+  Raises:
+    DataError: gin's `make_dataset.image_size` (bound, else its default)
+      is not `image_size`; the message names both bindings.
+  """
+  try:
+    data_size = gin.query_parameter("make_dataset.image_size")
+  except ValueError:  # unbound: make_dataset's own default
+    data_size = inspect.signature(make_dataset).parameters[
+        "image_size"].default
+  if data_size != image_size:
+    raise DataError(
+        f"make_dataset.image_size = {data_size} but Unsup3D.image_size = "
+        f"{image_size}: the pipeline must resize the images to the model's "
+        "size; bind both to the same S (64, 128 or 256).")
 
 
 def steps_per_epoch(info, batch_size):

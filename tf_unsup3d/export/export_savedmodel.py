@@ -10,11 +10,13 @@ never replaced without --overwrite; the export is written to a hidden
 temporary folder beside it and renamed into place, so a crash never leaves
 half a version for the server to load.
 
-Signatures (see `OUTPUTS` for the outputs, the same for both):
-  serving_default        images `[N, 64, 64, 3]` float32 in [0, 1]
+Signatures (see `OUTPUTS` for the outputs, the same for both), S the
+model's `image_size` (64, 128 or 256, from its gin config):
+  serving_default        images `[N, S, S, 3]` float32 in [0, 1]
   predict_images_bytes   image_bytes `[N]` string: encoded JPEG, PNG (8/16
                          bit, grey, RGBA), GIF or BMP files of any size,
-                         decoded, centre-cropped and resized in the graph;
+                         decoded, centre-cropped and resized to S x S in
+                         the graph;
                          files over --max_pixels pixels are rejected from
                          their header, before decoding.
 
@@ -123,20 +125,33 @@ class ServingModule(tf.Module):
     }
 
 
-def warmup_inputs(image_size=64):
-  """Signature -> inputs of its warmup request (small, deterministic)."""
+def warmup_inputs(image_size, max_pixels=preprocessing.DEFAULT_MAX_PIXELS):
+  """Signature -> inputs of its warmup request (small, deterministic).
+
+  An `[1, S, S, 3]` image for `serving_default`; for
+  `predict_images_bytes` that image resized to 3S/2 x 5S/4 (non-square and
+  not a multiple of S, so the signature crops and resamples it), or smaller
+  to stay within `max_pixels`, as a PNG and a JPEG.
+  """
   v, u = np.mgrid[0:image_size, 0:image_size] / (image_size - 1)
   image = np.stack([u, v, 1.0 - u * v], axis=-1).astype(np.float32)
-  big = np.round(np.kron(image, np.ones((3, 2, 1))) * 255).astype(np.uint8)
+  height, width = 3 * image_size // 2, 5 * image_size // 4
+  shrink = min(1.0, (max_pixels / (height * width)) ** 0.5)
+  height, width = max(1, int(height * shrink)), max(1, int(width * shrink))
+  big = tf.image.resize(image, [height, width], antialias=True)
+  big = tf.cast(tf.round(tf.clip_by_value(big, 0.0, 1.0) * 255), tf.uint8)
   files = [tf.io.encode_png(big).numpy(), tf.io.encode_jpeg(big).numpy()]
   return {IMAGES_SIGNATURE: image[None], BYTES_SIGNATURE: files}
 
 
-def write_warmup_requests(path, model_name, image_size=64):
-  """TFRecord of `PredictionLog`s: one request per signature."""
+def write_warmup_requests(path, model_name, image_size,
+                          max_pixels=preprocessing.DEFAULT_MAX_PIXELS):
+  """TFRecord of `PredictionLog`s: one request per signature, for a model
+  of `image_size` S whose bytes signature takes up to `max_pixels`."""
   with tf.io.TFRecordWriter(path) as writer:
-    for signature, inputs in warmup_inputs(image_size).items():
-      request = client.make_predict_request(inputs, model_name, signature)
+    for signature, inputs in warmup_inputs(image_size, max_pixels).items():
+      request = client.make_predict_request(inputs, model_name, signature,
+                                            image_size=image_size)
       log = prediction_log_pb2.PredictionLog(
           predict_log=prediction_log_pb2.PredictLog(request=request))
       writer.write(log.SerializeToString())
@@ -193,7 +208,7 @@ def export_saved_model(model, output_dir, version=None, overwrite=False,
     tf.saved_model.save(module, tmp, signatures=module.signatures())
     os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
     write_warmup_requests(os.path.join(tmp, WARMUP_FILE), model_name,
-                          model.image_size)
+                          model.image_size, max_pixels)
     old = None
     if os.path.exists(final):
       old = tempfile.mkdtemp(prefix=f".old-{version}-", dir=output_dir)

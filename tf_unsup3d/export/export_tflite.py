@@ -9,7 +9,8 @@ r"""Exports the inference half of a trained model to LiteRT (TFLite).
 The TFLite model maps images to the canonical factors and their shading:
 no rasteriser, so no reconstruction in the input view (render that with
 `Renderer` from the outputs, or serve the SavedModel). Its input is
-`images [N, 64, 64, 3]` float32 in [0, 1]; its outputs are `INFERENCE_OUTPUTS`,
+`images [1, S, S, 3]` float32 in [0, 1], S the model's `image_size` (64, 128
+or 256, from its gin config); its outputs are `INFERENCE_OUTPUTS`,
 named and valued as the SavedModel's outputs of the same names.
 
 Conversion goes through `TFLiteConverter.from_keras_model` on a small Keras
@@ -222,7 +223,7 @@ def format_errors(errors, quantization, overrides=None):
       f"{limits[key]:.2g})" for key, error in errors.items())
 
 
-def validation_images(image_size=64, count=2, seed=0):
+def validation_images(image_size, count=2, seed=0):
   """Smooth random images `[count, S, S, 3]` in [0, 1] for validation."""
   rng = np.random.default_rng(seed)
   coarse = rng.uniform(size=(count, 8, 8, 3)).astype(np.float32)

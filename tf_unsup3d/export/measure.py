@@ -46,9 +46,7 @@ def main(argv):
   del argv
   configurable.parse_gin_flags(skip_unknown=configurable.TRAINING_PIPELINE)
   args = flags.FLAGS
-  rng = np.random.default_rng(0)
-  images = np.concatenate([export_tflite.validation_images(count=2),
-                           rng.uniform(size=(2, 64, 64, 3))]).astype(np.float32)
+  images = None
   worst = {q: dict.fromkeys(export_tflite.QUANTITIES, 0.0)
            for q in export_tflite.QUANTIZATIONS}
   seeds = [0] if args.checkpoint else list(range(args.seeds))
@@ -58,6 +56,12 @@ def main(argv):
       model = checkpoints.load_model(args.checkpoint)
     else:
       model = checkpoints.build_model(vgg_weights=None)
+    if images is None:  # S x S, S the config's image_size
+      s = model.image_size
+      images = np.concatenate([
+          export_tflite.validation_images(s, count=2),
+          np.random.default_rng(0).uniform(size=(2, s, s, 3))]).astype(
+              np.float32)
     with tempfile.TemporaryDirectory() as tmp:
       path = export_savedmodel.export_saved_model(model, tmp)
       serving = tf.saved_model.load(path).signatures["serving_default"]

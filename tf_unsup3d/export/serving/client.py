@@ -37,7 +37,8 @@ BYTES_SIGNATURE = "predict_images_bytes"
 # Signature name -> its single input's name.
 INPUT_NAMES = {IMAGES_SIGNATURE: "images", BYTES_SIGNATURE: "image_bytes"}
 DEFAULT_MODEL_NAME = "unsup3d"
-# Large enough for a batch of 64 images' outputs (~6 MB per image).
+# The outputs hold about 18 float32 per pixel of an S x S image (1.2 MB per
+# image at S = 128, 4.7 MB at 256): room for a batch of 64 at any S.
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 
 
@@ -51,7 +52,12 @@ def _signature_for(inputs, signature_name):
   return IMAGES_SIGNATURE
 
 
-def _input_array(inputs, signature_name):
+def _input_array(inputs, signature_name, image_size=None):
+  """The request's input array, its shape checked.
+
+  Images must be `[N, S, S, 3]`: S is `image_size` when given (the served
+  model's), else any square size (the server checks its own).
+  """
   if signature_name == BYTES_SIGNATURE:
     array = np.asarray(list(inputs), dtype=object)
     if array.ndim != 1 or not all(isinstance(b, bytes) for b in array):
@@ -59,21 +65,32 @@ def _input_array(inputs, signature_name):
                        "files (bytes).")
     return array
   array = np.asarray(inputs, np.float32)
-  shapes.check_shape(array, "images", ("N", 64, 64, 3), "floats in [0, 1]")
+  note = "floats in [0, 1]"
+  if image_size is not None:
+    shapes.check_shape(array, "images", ("N", image_size, image_size, 3),
+                       note)
+    return array
+  shapes.check_shape(array, "images", ("N", "S", "S", 3), note)
+  if array.shape[1] != array.shape[2]:
+    raise ValueError(f"images must be [N, S, S, 3] {note}, square (S the "
+                     f"model's image size), got shape {array.shape}.")
   return array
 
 
 def make_predict_request(inputs, model_name=DEFAULT_MODEL_NAME,
-                         signature_name=None, version=None):
+                         signature_name=None, version=None, image_size=None):
   """A `PredictRequest` for either signature.
 
   Args:
-    inputs: `[N, 64, 64, 3]` float images in [0, 1] (signature
-      `serving_default`) or a list of N encoded JPEG/PNG/GIF/BMP files as
-      bytes (`predict_images_bytes`).
+    inputs: `[N, S, S, 3]` float images in [0, 1] (signature
+      `serving_default`, S the model's image size: 64, 128 or 256) or a
+      list of N encoded JPEG/PNG/GIF/BMP files as bytes
+      (`predict_images_bytes`, any size: the server resizes them to S).
     model_name: the name the server gives the model (models.config).
     signature_name: default chosen from the type of `inputs`.
     version: optional integer model version; default the latest.
+    image_size: the model's S, if known: images of another size are
+      refused here rather than by the server. None: any square size.
 
   Returns:
     `predict_pb2.PredictRequest`.
@@ -87,7 +104,7 @@ def make_predict_request(inputs, model_name=DEFAULT_MODEL_NAME,
   request.model_spec.signature_name = signature_name
   if version is not None:
     request.model_spec.version.value = int(version)
-  array = _input_array(inputs, signature_name)
+  array = _input_array(inputs, signature_name, image_size)
   request.inputs[INPUT_NAMES[signature_name]].CopyFrom(
       tf.make_tensor_proto(array))
   return request
@@ -115,14 +132,15 @@ def parse_predict_response(response):
   return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
 
 
-def rest_payload(inputs, signature_name=None):
+def rest_payload(inputs, signature_name=None, image_size=None):
   """JSON-serialisable body for `POST /v1/models/NAME:predict` (columnar).
 
-  Encoded files travel base64 as `{"b64": ...}`: TF Serving decodes those
-  for inputs whose name ends in `_bytes`, as `image_bytes` does.
+  `inputs` and `image_size` as `make_predict_request`'s. Encoded files
+  travel base64 as `{"b64": ...}`: TF Serving decodes those for inputs
+  whose name ends in `_bytes`, as `image_bytes` does.
   """
   signature_name = _signature_for(inputs, signature_name)
-  array = _input_array(inputs, signature_name)
+  array = _input_array(inputs, signature_name, image_size)
   if signature_name == BYTES_SIGNATURE:
     values = [{"b64": base64.b64encode(b).decode("ascii")} for b in array]
   else:
@@ -186,10 +204,12 @@ class GrpcClient:
     self.model_name = model_name
     self.timeout_s = timeout_s
 
-  def predict(self, inputs, signature_name=None, version=None):
-    """Images or encoded files -> `{output name: np.ndarray}`."""
+  def predict(self, inputs, signature_name=None, version=None,
+              image_size=None):
+    """Images or encoded files -> `{output name: np.ndarray}`
+    (`make_predict_request`'s arguments)."""
     request = make_predict_request(inputs, self.model_name, signature_name,
-                                   version)
+                                   version, image_size)
     return parse_predict_response(
         self._stub.Predict(request, timeout=self.timeout_s))
 
@@ -198,12 +218,15 @@ class GrpcClient:
 
 
 def rest_predict(inputs, host="localhost:8501", model_name=DEFAULT_MODEL_NAME,
-                 signature_name=None, version=None, timeout_s=60.0):
-  """POSTs to `http://host/v1/models/NAME[/versions/V]:predict`."""
+                 signature_name=None, version=None, timeout_s=60.0,
+                 image_size=None):
+  """POSTs to `http://host/v1/models/NAME[/versions/V]:predict`
+  (`rest_payload`'s inputs and image_size)."""
   path = f"/v1/models/{model_name}"
   if version is not None:
     path += f"/versions/{int(version)}"
-  body = json.dumps(rest_payload(inputs, signature_name)).encode("utf-8")
+  body = json.dumps(rest_payload(inputs, signature_name,
+                                 image_size)).encode("utf-8")
   request = urllib.request.Request(
       f"http://{host}{path}:predict", data=body,
       headers={"Content-Type": "application/json"})
