@@ -12,78 +12,22 @@ import tensorflow as tf
 
 from tf_unsup3d import shapes
 from tf_unsup3d.rendering import camera
+from tf_unsup3d.rendering import rasterizer
 
-# Normalised-barycentric tolerance of the inside test. Shared edges pass
-# through pixel centres on grid meshes; without slack, rounding leaves cracks.
-INSIDE_TOLERANCE = 1e-5
 # Tiers of the fast visibility path: (box side, triangles per image). A grid
 # mesh seen near frontally has boxes of 2 pixel centres; stretched triangles
-# at depth edges take the wider, smaller tiers (benchmarks/forward_backward.py).
+# at depth edges take the wider, smaller tiers.
 DEFAULT_WINDOWS = ((2, None), (6, 4096), (16, 1024), (32, 256), (None, 64))
-# Bounding boxes grow by this many pixels plus INSIDE_TOLERANCE times their
-# diagonal, so that every pixel the tolerant inside test accepts is a
-# candidate: a pixel with barycentric b_i = -t lies t * altitude_i outside
-# edge i, and no altitude exceeds the box diagonal.
-_BBOX_SLACK = 1e-3
+# The inside test and the bounding boxes are the current pass's own.
+INSIDE_TOLERANCE = rasterizer.INSIDE_TOLERANCE
+_pixel_spans = rasterizer._pixel_spans  # pylint: disable=protected-access
 
 
 def _plane_coefficients(screen, faces):
-  """Affine coefficients of the barycentrics and of 1/z over the screen.
-
-  Returns `[12, B, T]`: (A, B, C) of b0, b1, b2 and 1/z, so that
-  f(x, y) = A x + B y + C at pixel (x, y). Degenerate triangles get
-  coefficients that fail every inside test.
-  """
-  tri = tf.gather(screen, faces, axis=1)  # [B, T, 3 vertices, (u, v, z)]
-  u0, u1, u2 = tf.unstack(tri[..., 0], axis=-1)
-  v0, v1, v2 = tf.unstack(tri[..., 1], axis=-1)
-  z0, z1, z2 = tf.unstack(tri[..., 2], axis=-1)
-  area = (u1 - u0) * (v2 - v0) - (u2 - u0) * (v1 - v0)
-  valid = (tf.abs(area) > 1e-10) & (tf.minimum(tf.minimum(z0, z1), z2) > 1e-6)
-  inv_area = tf.where(valid, 1.0 / tf.where(valid, area, 1.0), 0.0)
-  # b_i = ((u_j - x)(v_k - y) - (u_k - x)(v_j - y)) / area for (i, j, k)
-  # cyclic; C is written as u_j (v_k - v_j) - v_j (u_k - u_j) to keep its
-  # rounding error proportional to the edge length.
-  coefficients = []
-  for (uj, vj, uk, vk) in ((u1, v1, u2, v2), (u2, v2, u0, v0),
-                           (u0, v0, u1, v1)):
-    coefficients.append([(vj - vk) * inv_area, (uk - uj) * inv_area,
-                         (uj * (vk - vj) - vj * (uk - uj)) * inv_area])
-  # Degenerate triangles: b0 = -1 everywhere.
-  coefficients[0][2] = tf.where(valid, coefficients[0][2], -1.0)
-  inv_z = [sum(coefficients[i][k] / z for i, z in enumerate((z0, z1, z2)))
-           for k in range(3)]
-  coefficients.append(inv_z)
-  return tf.stack([c for row in coefficients for c in row], axis=0)
-
-
-def _pixel_spans(screen, faces, height, width):
-  """First candidate pixel and pixel count along x and y of each triangle.
-
-  Candidates are the pixel centres inside the triangle's bounding box (with
-  a little slack for the inside-test tolerance), clipped to the image.
-  Triangles with non-finite vertices get no candidates.
-
-  Returns:
-    Four `[B, T]` int32 tensors: x0, y0, span_x, span_y.
-  """
-  tri = tf.gather(screen, faces, axis=1)  # [B, T, 3, 3]
-  finite = tf.reduce_all(tf.math.is_finite(tri), axis=[-2, -1])
-  coords = tf.where(finite[..., None, None], tri[..., :2], 0.0)
-  box_low = tf.reduce_min(coords, axis=-2)  # [B, T, 2]
-  box_high = tf.reduce_max(coords, axis=-2)
-  slack = _BBOX_SLACK + INSIDE_TOLERANCE * tf.norm(box_high - box_low,
-                                                   axis=-1)
-  spans = []
-  for axis, size in ((0, width), (1, height)):
-    low = tf.math.ceil(box_low[..., axis] - slack)
-    high = tf.math.floor(box_high[..., axis] + slack)
-    low = tf.cast(tf.clip_by_value(low, 0.0, size), tf.int32)
-    high = tf.cast(tf.clip_by_value(high, -1.0, size - 1.0), tf.int32)
-    span = tf.where(finite, tf.maximum(high - low + 1, 0), 0)
-    spans.append((low, span))
-  (x0, span_x), (y0, span_y) = spans
-  return x0, y0, span_x, span_y
+  """`[12, B, T]`: `rasterizer._plane_coefficients`, coefficient axis first."""
+  return tf.transpose(
+      rasterizer._plane_coefficients(screen, faces),  # pylint: disable=protected-access
+      [2, 0, 1])
 
 
 def _window_candidates(coef, x0, y0, triangle_ids, window, height, width):
