@@ -34,11 +34,9 @@ ru_maxrss).
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 from absl import app
 from absl import flags
@@ -52,6 +50,7 @@ from tf_unsup3d.rendering import rasterizer
 from tf_unsup3d.rendering import renderer as renderer_lib
 from tf_unsup3d.rendering import transforms
 import tiered_visibility  # benchmarks/, the script's folder: the baseline
+import timing  # benchmarks/, the script's folder
 
 _SIZES = flags.DEFINE_list("sizes", ["32", "64", "128", "256"],
                            "Image sides S.")
@@ -74,16 +73,6 @@ VIEWS = {
     "yaw 60": (0.0, 60.0, 0.0),
     "roll 45": (0.0, 0.0, 45.0),
 }
-
-
-def _median_seconds(fn, steps):
-  tf.nest.map_structure(lambda t: t.numpy(), fn())  # trace, allocate
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    tf.nest.map_structure(lambda t: t.numpy(), fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def _depth(kind, batch, size, rng):
@@ -137,13 +126,13 @@ def _visibility_rows():
         row = {"size": size, "depth": kind, "view": view_name,
                "candidates_per_image": _candidates_per_image(screen, faces,
                                                              size)}
-        row["seconds_per_image"] = _median_seconds(
+        row["seconds_per_image"] = timing.median_seconds(
             lambda: new(screen), _STEPS.value) / _BATCH.value
         if size == 64:
           for name, fn in (("tiered", _pass(tiered_visibility, size)),
                            ("ragged_only", _pass(rasterizer, size,
                                                  window=0))):
-            row[f"{name}_seconds_per_image"] = _median_seconds(
+            row[f"{name}_seconds_per_image"] = timing.median_seconds(
                 lambda fn=fn: fn(screen), _STEPS.value) / _BATCH.value
             ids_new, ids_other = new(screen)[0], fn(screen)[0]
             row[f"{name}_same_ids"] = bool(tf.reduce_all(ids_new ==
@@ -171,7 +160,7 @@ def _training_case():
   for name, fn in (("new", _pass(rasterizer, size)),
                    ("tiered", _pass(tiered_visibility, size)),
                    ("ragged_only", _pass(rasterizer, size, window=0))):
-    result[f"{name}_seconds"] = _median_seconds(lambda fn=fn: fn(screen),
+    result[f"{name}_seconds"] = timing.median_seconds(lambda fn=fn: fn(screen),
                                                 _STEPS.value)
   return result
 

@@ -31,10 +31,8 @@ several GPUs).
 
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -51,6 +49,7 @@ from tf_unsup3d import train as train_lib
 from tf_unsup3d import value_ranges
 from tf_unsup3d.data import datasets
 from tf_unsup3d.rendering import sampling
+import timing  # benchmarks/, the script's folder
 
 _GIN = flags.DEFINE_multi_string("gin_file", ["gin_configs/synthetic.gin"],
                                  "Config(s).")
@@ -70,16 +69,6 @@ _STRATEGY_COMPARE = flags.DEFINE_boolean(
     "OneDeviceStrategy (each in a child process).")
 _FULL_ONLY = flags.DEFINE_boolean("full_step_only", False,
                                   "Print only the full step (JSON).")
-
-
-def _median_seconds(fn, steps):
-  tf.nest.map_structure(lambda t: t.numpy(), fn())  # trace, allocate
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    tf.nest.map_structure(lambda t: t.numpy(), fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def _images(batch, size):
@@ -128,7 +117,7 @@ def main(argv):
       lambda _: {"image": x})
   full_step = lambda x: train_step(batch_of(x), lam_flip, lam_depth_sm)[0]
 
-  step = _median_seconds(lambda: full_step(x), _STEPS.value)
+  step = timing.median_seconds(lambda: full_step(x), _STEPS.value)
   if _FULL_ONLY.value:
     print(json.dumps({"step": step}))
     return
@@ -210,19 +199,16 @@ def main(argv):
     optimizer.apply_gradients(zip(zero_grads, variables))
     return tf.constant(0.0)
 
+  seconds = lambda fn: timing.median_seconds(fn, _STEPS.value)
   rows = [
       ("full step", step),
-      ("networks", _median_seconds(lambda: networks(x), _STEPS.value)),
-      ("visibility", _median_seconds(lambda: visibility(depth, view),
-                                     _STEPS.value)),
-      ("raster", _median_seconds(lambda: raster(depth, view), _STEPS.value)),
-      ("sampling", _median_seconds(lambda: sample(recon_depth, view,
-                                                  canon_image), _STEPS.value)),
-      ("shading", _median_seconds(lambda: shade(depth, albedo, light),
-                                  _STEPS.value)),
-      ("losses", _median_seconds(lambda: loss_only(x, loss_inputs),
-                                 _STEPS.value)),
-      ("optimiser", _median_seconds(optimise, _STEPS.value)),
+      ("networks", seconds(lambda: networks(x))),
+      ("visibility", seconds(lambda: visibility(depth, view))),
+      ("raster", seconds(lambda: raster(depth, view))),
+      ("sampling", seconds(lambda: sample(recon_depth, view, canon_image))),
+      ("shading", seconds(lambda: shade(depth, albedo, light))),
+      ("losses", seconds(lambda: loss_only(x, loss_inputs))),
+      ("optimiser", seconds(optimise)),
   ]
   times = dict(rows)
   print(f"\nbatch {batch} at {size}x{size}, config {_GIN.value}, "
