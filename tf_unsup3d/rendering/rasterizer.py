@@ -233,10 +233,20 @@ def _ragged_pass(keys, coef, x0, y0, span_x, span_y, size, num_faces, window,
     slots = tf.range(chunk)
 
     def body(i, keys):
-      slot = tf.cast(i, tf.int64) * chunk + slots
+      start = tf.cast(i, tf.int64) * chunk
+      slot = start + slots
       valid = slot < total
-      flat = tf.minimum(
-          tf.searchsorted(ends, slot, side="right", out_type=tf.int32), n - 1)
+      # Each slot's triangle is the number of triangles ending at or before
+      # it: those before the step, plus a running count of the ends within
+      # it. (tf.searchsorted would do, but XLA lowers it to a [chunk, B T]
+      # comparison, gigabytes at 64 px.)
+      within = (ends >= start) & (ends < start + chunk)
+      ends_here = tf.math.unsorted_segment_sum(
+          tf.cast(within, tf.int32),
+          tf.cast(tf.where(within, ends - start, 0), tf.int32),
+          tf.cast(chunk, tf.int32))
+      before = tf.reduce_sum(tf.cast(ends < start, tf.int32))
+      flat = tf.minimum(before + tf.cumsum(ends_here), n - 1)
       local = tf.cast(slot - tf.gather(begins, flat), tf.int32)
       side = tf.maximum(tf.gather(span_x, flat), 1)
       px = tf.gather(x0, flat) + local % side
