@@ -107,6 +107,45 @@ def fit_line(true, predicted):
           "n": int(len(true))}
 
 
+# Ground-truth factors of views.csv against the model's outputs that could
+# explain them: view (radians, scene units) and light (dx, dy; DESIGN
+# section 2).
+TRUE_FACTORS = {"yaw": "ry", "pitch": "rx", "roll": "rz", "tx": "tx",
+                "ty": "ty", "light_dx": "dx", "light_dy": "dy"}
+PREDICTED_FACTORS = {"yaw": ("view", 1), "pitch": ("view", 0),
+                     "roll": ("view", 2), "tx": ("view", 3),
+                     "ty": ("view", 4), "light_dx": ("light", 2),
+                     "light_dy": ("light", 3)}
+
+
+def factor_explainers(true, predicted):
+  """Which predicted factor follows each true factor most closely.
+
+  A model that explains a turned face by a side light (or a translation by a
+  turn) shows it here: the true yaw's strongest predicted factor is then
+  light_dx, not yaw.
+
+  Args:
+    true: {name: `[N]`} ground truth, names of `TRUE_FACTORS`.
+    predicted: {name: `[N]`} the model's, names of `PREDICTED_FACTORS`.
+
+  Returns:
+    {true name: {"own": correlation with the predicted factor of the same
+    name, "strongest": the predicted name of largest |correlation|,
+    "correlation": that correlation}}; NaN correlations are skipped.
+  """
+  table = {}
+  for name, values in true.items():
+    corr = {p: fit_line(values, v)["correlation"] for p, v in
+            predicted.items()}
+    finite = {p: c for p, c in corr.items() if math.isfinite(c)}
+    strongest = (max(finite, key=lambda p: abs(finite[p])) if finite
+                 else None)
+    table[name] = {"own": corr.get(name, math.nan), "strongest": strongest,
+                   "correlation": finite.get(strongest, math.nan)}
+  return table
+
+
 def loss_weights(lam_flip, lam_perc, lam_depth_sm, lam_multiscale=0.0):
   """Weight of each loss term in the total (DESIGN section 1)."""
   return {"photometric": 1.0, "photometric_flip": lam_flip,
@@ -568,6 +607,12 @@ def format_stage(stage):
              f"{_fmt(fit['slope'], '.2f')}" for name, fit in
              stage["view"].items()]
     lines.append("view (predicted vs true): " + "; ".join(parts))
+  if stage.get("explainers"):
+    parts = [f"{name} <- {e['strongest']} r {_fmt(e['correlation'], '.2f')}"
+             f" (own {_fmt(e['own'], '.2f')})"
+             for name, e in stage["explainers"].items()]
+    lines.append("strongest predicted factor per true factor: " +
+                 "; ".join(parts))
   else:
     lines.append(f"view: {stage.get('view_note') or 'not measured'}")
   rl = stage["relief"]
@@ -685,7 +730,8 @@ def measure_stage(model, test, summary, budget, previous_minutes,
   compiled = tf.function(lambda x: model(x, training=False),
                          input_signature=[tf.TensorSpec([None, s, s, 3])])
   capture = CapturingPredict(
-      compiled, ("view", "canon_depth", "recon_depth", "recon_mask"))
+      compiled, ("view", "light", "canon_depth", "recon_depth",
+                 "recon_mask"))
   results = evaluate_lib.evaluate(model, test["dataset"], capture)
   out = capture.arrays()
   table = summarise_results(results)
@@ -722,6 +768,9 @@ def measure_stage(model, test, summary, budget, previous_minutes,
   if test["views"] is not None:
     true = {"yaw": test["views"]["ry"], "pitch": test["views"]["rx"]}
     stage["view"] = {k: fit_line(true[k], predicted[k]) for k in true}
+    stage["explainers"] = factor_explainers(
+        {k: test["views"][c] for k, c in TRUE_FACTORS.items()},
+        {k: out[o][:, i] for k, (o, i) in PREDICTED_FACTORS.items()})
   context = {"model": model, "predict": compiled, "results": results,
              "predicted": predicted}
   return stage, context

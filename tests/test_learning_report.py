@@ -270,3 +270,27 @@ def test_turntable_frames_lay_out_input_texture_and_shape(tmp_path):
 
 if __name__ == "__main__":
   raise SystemExit(pytest.main([__file__]))
+
+
+def test_factor_explainers_name_the_predicted_factor_that_follows_the_truth():
+  rng = np.random.default_rng(0)
+  n = 400
+  true = {name: rng.uniform(-1, 1, n) for name in learning_report.TRUE_FACTORS}
+  predicted = {name: rng.normal(size=n)
+               for name in learning_report.PREDICTED_FACTORS}
+  # A turned face explained by a side light; the pitch learnt as itself.
+  predicted["light_dx"] = -0.5 * true["yaw"] + 0.05 * rng.normal(size=n)
+  predicted["pitch"] = 2.0 * true["pitch"]
+  table = learning_report.factor_explainers(true, predicted)
+  assert table["yaw"]["strongest"] == "light_dx"
+  assert table["yaw"]["correlation"] == pytest.approx(
+      np.corrcoef(true["yaw"], predicted["light_dx"])[0, 1])
+  assert table["yaw"]["correlation"] < -0.9
+  assert abs(table["yaw"]["own"]) < 0.2
+  assert table["pitch"]["strongest"] == "pitch"
+  assert table["pitch"]["own"] == pytest.approx(1.0)
+  # A constant prediction has no correlation and is never the strongest.
+  table = learning_report.factor_explainers(
+      {"yaw": true["yaw"]}, {"yaw": np.zeros(n), "tx": true["yaw"]})
+  assert table["yaw"]["strongest"] == "tx"
+  assert math.isnan(table["yaw"]["own"])
