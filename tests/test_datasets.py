@@ -92,6 +92,9 @@ def test_corrupt_and_truncated_files_are_skipped_and_counted(tmp_path):
 
 
 def test_missing_or_empty_split_and_unpaired_image_are_clear_errors(tmp_path):
+  for unset in (None, ""):
+    with pytest.raises(datasets.DataError, match="make_dataset.data_dir"):
+      datasets.make_dataset("train", True, 2, data_dir=unset)
   with pytest.raises(datasets.DataError, match="does not exist"):
     datasets.make_dataset("train", True, 2, data_dir=str(tmp_path))
   os.makedirs(tmp_path / "val")

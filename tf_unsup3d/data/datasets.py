@@ -635,6 +635,9 @@ def make_dataset(split, training, batch_size, data_dir=gin.REQUIRED,
     'reasons' ({path: why})}.
   """
   ordered = True if deterministic is None else bool(deterministic)
+  if not data_dir:
+    raise DataError("No data directory: set gin make_dataset.data_dir (or "
+                    "--gin_param=make_dataset.data_dir='<folder>').")
   if not os.path.isdir(data_dir):
     raise DataError(
         f"Data directory {data_dir} does not exist (gin "
