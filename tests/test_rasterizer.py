@@ -14,6 +14,8 @@ ROT_CENTER = 1.0
 BACKGROUND = 10.0
 # Every triangle through the ragged pass (no window pass).
 RAGGED = {"window": 0}
+# Triangles with boxes of at most 2 x 2 pixel centres through the window pass.
+WINDOW2 = {"window": 2}
 
 
 def intrinsics(size):
@@ -210,9 +212,11 @@ def path_spy(monkeypatch):
 
 
 @pytest.mark.parametrize("size,seed,kwargs,passes", [
-    (8, 0, {}, [("window", 2), ("ragged", 2)]),
-    (12, 1, {}, [("window", 2), ("ragged", 2)]),
-    (16, 2, {}, [("window", 2), ("ragged", 2)]),
+    (8, 0, WINDOW2, [("window", 2), ("ragged", 2)]),
+    (12, 1, WINDOW2, [("window", 2), ("ragged", 2)]),
+    (16, 2, WINDOW2, [("window", 2), ("ragged", 2)]),
+    # The default: every triangle through the ragged pass.
+    (8, 8, {}, [("ragged", 0)]),
     # Ragged only: steps of B H W / 2 = 216 candidates split the boxes.
     (12, 3, RAGGED, [("ragged", 0)]),
     # One step larger than all candidates.
@@ -250,7 +254,7 @@ def test_depth_and_coverage_match_brute_force(size, seed, kwargs, passes,
 
 
 @pytest.mark.parametrize("size,seed,kwargs", [
-    (12, 10, {}),
+    (12, 10, WINDOW2),
     (12, 11, RAGGED),
 ])
 def test_visible_triangle_ids_match_brute_force_winner(size, seed, kwargs):
@@ -275,7 +279,7 @@ def identity_meshes(rng, batch, size):
 
 
 @pytest.mark.parametrize("size,kwargs", [
-    (8, {}), (16, {}), (16, RAGGED),
+    (8, WINDOW2), (16, WINDOW2), (16, RAGGED),
 ])
 def test_identity_view_has_no_cracks_and_exact_depth(size, kwargs):
   """Identity view: every pixel is covered and shows its own vertex depth.
@@ -324,7 +328,7 @@ def test_same_input_gives_identical_ids():
 
 
 @pytest.mark.parametrize("kwargs", [
-    {}, RAGGED,
+    WINDOW2, RAGGED,
 ])
 def test_coincident_triangles_go_to_the_smallest_id(kwargs):
   """Identical triangles at equal depth: the smallest index wins."""
@@ -349,7 +353,7 @@ def test_coincident_triangles_go_to_the_smallest_id(kwargs):
 
 
 @pytest.mark.parametrize("kwargs", [
-    {}, RAGGED,
+    WINDOW2, RAGGED,
 ])
 def test_nearer_triangle_wins_whatever_its_index(kwargs):
   """Overlapping triangles at depths 1 and 2: the nearer wins, any order."""
@@ -381,7 +385,7 @@ def test_behind_camera_and_degenerate_triangles_draw_nothing(kwargs):
 
 
 @pytest.mark.parametrize("kwargs", [
-    {}, RAGGED,
+    WINDOW2, RAGGED,
 ])
 def test_xla_equals_eager(kwargs):
   """visible_triangles compiled with XLA returns the eager ids and coverage."""
@@ -409,7 +413,7 @@ def test_all_paths_agree_on_ids():
     screen = tf.constant(screen_coordinates(points, size))
     results = [rasterizer.visible_triangles(screen, faces, size, size,
                                             **kwargs)[0].numpy()
-               for kwargs in ({}, {"window": 1}, {"window": 6}, RAGGED)]
+               for kwargs in (WINDOW2, {"window": 1}, {"window": 6}, RAGGED)]
     for other in results[1:]:
       np.testing.assert_array_equal(results[0], other)
 
@@ -626,7 +630,7 @@ def test_large_rasters_match_box_reference(size, depth_kind, view, request):
   faces = rasterizer.grid_faces(size, size)
   results = [tuple(t.numpy()[0] for t in rasterizer.visible_triangles(
       tf.constant(screen), faces, size, size, **kwargs))
-             for kwargs in ({}, RAGGED)]
+             for kwargs in (WINDOW2, RAGGED)]
   for other in results[1:]:  # the passes split the work; same answers
     for a, b in zip(results[0], other):
       np.testing.assert_array_equal(a, b)
