@@ -1,5 +1,6 @@
 """The demo on odd inputs: every result file exists and reads back."""
 
+import html
 import os
 import re
 import subprocess
@@ -163,6 +164,41 @@ def test_an_input_named_like_the_overview_page(tiny_model, tmp_path):
     assert os.path.basename(source) in page
 
 
+def test_a_skipped_file_is_named_once_with_a_readable_reason(tiny_model,
+                                                              tmp_path,
+                                                              capsys):
+  """A truncated PNG (the decoder refuses it) and a text file named .jpg
+  (the format check refuses it): each is warned about once, naming the
+  file, its reason plain text (no b'...' literal, no TensorFlow op label),
+  and the page lists that same reason."""
+  folder = tmp_path / "in"
+  folder.mkdir()
+  pixels = np.random.default_rng(4).integers(0, 256, (64, 64, 3), np.uint8)
+  _save(folder / "good.png", pixels)
+  png = (folder / "good.png").read_bytes()
+  (folder / "truncated.png").write_bytes(png[:len(png) // 2])
+  (folder / "notes.jpg").write_bytes(b"just some text, not an image")
+  predictor = demo.Predictor(lambda x: tiny_model(x, training=False),
+                             tiny_model.renderer)
+  capsys.readouterr()
+  done, skipped = demo.run_demo(predictor, demo.list_inputs(str(folder)),
+                                str(tmp_path / "out"), num_frames=1)
+  printed = capsys.readouterr()
+  assert [name for name, _ in done] == ["good"]
+  reasons = {os.path.basename(p): r for p, r in skipped}
+  assert sorted(reasons) == ["notes.jpg", "truncated.png"]
+  page = (tmp_path / "out" / "index.html").read_text()
+  for name, reason in reasons.items():
+    assert isinstance(reason, str) and reason.isprintable() and reason
+    for raw in ("b'", 'b"', "{{", "[Op:", "Summarized data"):
+      assert raw not in reason, (name, reason)
+    lines = [l for l in (printed.out + printed.err).splitlines() if name in l]
+    assert lines == [f"Skipping {folder / name}: {reason}"]
+    assert page.count(name) == 1 and html.escape(reason) in page
+  assert "Not an image" in reasons["notes.jpg"]
+  assert "PNG" in reasons["truncated.png"]
+
+
 def check_results_at(folder, size, num_frames):
   """Every picture, turntable and mesh of one demo result is `size` px."""
   for picture in PNGS:
@@ -223,6 +259,9 @@ def test_command_line_with_a_checkpoint(inputs, tiny_model, tmp_path):
                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
   assert bad.returncode == 0
   assert "Skipping" in bad.stderr and "broken.png" in bad.stderr
+  # Named once, in its warning; the summary only counts.
+  assert (bad.stdout + bad.stderr).count("broken.png") == 1
+  assert "b'" not in bad.stderr and "0 images" in bad.stdout
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from tensorflow_serving.apis import predict_pb2
 
 from tf_unsup3d import model as model_lib
 from tf_unsup3d import preprocessing
+from tf_unsup3d import train as train_lib
+from tf_unsup3d.data import synthetic
 from tf_unsup3d.export import export_savedmodel
 from tf_unsup3d.export import export_tflite
 from tf_unsup3d.export.serving import client
@@ -451,6 +453,75 @@ def test_tflite_tolerances_hold_on_trained_like_weights(tmp_path,
   assert os.path.isfile(path)
   limits = export_tflite.TOLERANCES[quantization]
   assert all(errors[k] <= limits[k] for k in errors)
+
+
+def _degrees_apart(a, b):
+  """Angle in degrees between vectors along the last axis, from arccos."""
+  cos = np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) *
+                             np.linalg.norm(b, axis=-1))
+  return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
+TRAINED_STEPS = 300
+
+
+@pytest.mark.slow
+def test_tflite_float16_export_of_a_trained_model_is_accepted(tmp_path):
+  """A tiny model (nf 4, zdim 8, batch 2, Adam 1e-3) trained TRAINED_STEPS
+  steps of the training step on 8 synthetic faces (about a minute on a free
+  core, half of it tracing) exports to float16 within every tolerance, and
+  on the faces the TFLite outputs are within them in each quantity's unit:
+  degrees for view rotation, normals and light direction, depth and view
+  translation in units of the depth range, intensities in [0, 1]."""
+  keras.utils.set_random_seed(0)
+  faces = np.stack([
+      synthetic.render_instance(*synthetic.sample_scene(0, 0, i), 64)[0]
+      for i in range(8)])
+  model = model_lib.Unsup3D(nf=4, zdim=8, light_view_nf=4, conf_zdim=8,
+                            lam_perc=0.0, use_conf_map=False, lam_flip=0.5,
+                            lam_depth_sm=1.0)
+  model.build((None, 64, 64, 3))
+  optimizer = keras.optimizers.Adam(1e-3)
+  optimizer.build(model.trainable_variables)
+  train_step = train_lib.make_train_step(model, optimizer,
+                                         tf.distribute.get_strategy())
+  batches = iter(tf.data.Dataset.from_tensor_slices({"image": faces})
+                 .shuffle(8, seed=0).repeat().batch(2))
+  random_spread = np.std(model(faces)["view"][:, :3])
+  for _ in range(TRAINED_STEPS):
+    train_step(next(batches), tf.constant(0.5), tf.constant(1.0))
+  reference = {k: np.asarray(v, np.float64)
+               for k, v in model(faces, training=False).items()}
+  # Trained, not random: the views spread (random weights put them near 0,
+  # where float16 errors are tiny).
+  assert np.std(reference["view"][:, :3]) > 10 * random_spread
+
+  path = str(tmp_path / "trained.tflite")
+  errors = export_tflite.export_tflite(model, path, "float16")
+  limits = export_tflite.TOLERANCES["float16"]
+  assert all(errors[k] <= limits[k] for k in limits), errors
+  with open(path, "rb") as f:
+    got = {k: np.asarray(v, np.float64) for k, v in
+           export_tflite.tflite_predict(f.read(), faces).items()}
+  span = model.max_depth - model.min_depth
+  measured = {
+      "view_rotation": np.degrees(np.abs(got["view"][:, :3] -
+                                         reference["view"][:, :3])),
+      "view_translation": np.abs(got["view"][:, 3:] -
+                                 reference["view"][:, 3:]) / span,
+      "canon_depth": np.abs(got["canon_depth"] -
+                            reference["canon_depth"]) / span,
+      "canon_normal": _degrees_apart(got["canon_normal"],
+                                     reference["canon_normal"]),
+      "light_direction": _degrees_apart(got["light_direction"],
+                                        reference["light_direction"]),
+  }
+  for key in ("canon_albedo", "canon_diffuse_shading", "canon_image",
+              "light"):
+    measured[key] = np.abs(got[key] - reference[key])
+  assert set(measured) == set(limits)
+  for key, error in measured.items():
+    assert np.max(error) <= limits[key], (key, np.max(error), limits[key])
 
 
 @pytest.mark.slow

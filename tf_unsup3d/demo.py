@@ -341,9 +341,10 @@ def main(argv):
   paths = list_inputs(args.input)
   done, skipped = run_demo(predictor, paths, args.output_dir, args.num_frames,
                            args.max_angle, args.max_pixels, framing)
+  # Each skipped file was named with its reason as it was skipped.
   print(f"{len(done)} images -> {args.output_dir}/index.html; "
-        f"{len(skipped)} skipped" + "".join(
-            f"\n  skipped {path}: {reason}" for path, reason in skipped))
+        f"{len(skipped)} skipped" +
+        (" (reasons above and on the page)" if skipped else ""))
 
 
 if __name__ == "__main__":

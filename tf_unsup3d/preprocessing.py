@@ -13,6 +13,9 @@ so a huge image is rejected without allocating its buffer; the training
 data check (`datasets.check_files`) applies the same limit.
 """
 
+import ast
+import re
+
 import tensorflow as tf
 
 from tf_unsup3d import shapes
@@ -220,15 +223,32 @@ def decode_rgb(data, max_pixels=DEFAULT_MAX_PIXELS):
     return image
 
 
+def _readable(item):
+  """One summarized `tf.debugging.Assert` item as text: a bytes literal
+  (b'...') decoded, unprintable characters escaped."""
+  if re.fullmatch(r"""b(['"]).*\1""", item, re.DOTALL):
+    try:
+      item = ast.literal_eval(item).decode("utf-8", "backslashreplace")
+    except (ValueError, SyntaxError):
+      pass
+  return "".join(c if c.isprintable() else repr(c)[1:-1] for c in item)
+
+
 def error_reason(error):
   """One readable line saying why an image was refused.
 
   `decode_rgb`'s eager `tf.debugging.Assert` errors carry the condition
-  before "Summarized data:"; the message after it is what a user needs.
+  before "Summarized data:" and the message after it, one item a line
+  (strings as b'...' literals): the items are joined as plain text. A
+  decoder's own error loses TensorFlow's function and op labels.
   """
   reason = (getattr(error, "message", None) or str(error)).strip()
-  reason = reason.split("Summarized data:")[-1].strip()
-  return (reason.splitlines() or [""])[0]
+  if "Summarized data:" in reason:
+    items = reason.split("Summarized data:", 1)[1].strip().splitlines()
+    return " ".join(_readable(i.strip()) for i in items if i.strip())
+  reason = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", reason)
+  reason = (reason.splitlines() or [""])[0]
+  return re.sub(r"\s*\[Op:\w+\](\s*name:.*)?$", "", reason).strip()
 
 
 def decode_image(data, size, max_pixels=DEFAULT_MAX_PIXELS):

@@ -41,6 +41,7 @@ from tf_unsup3d import checkpoints
 from tf_unsup3d import configurable
 from tf_unsup3d import model as model_lib
 from tf_unsup3d import preprocessing
+from tf_unsup3d.export import cli
 from tf_unsup3d.export.serving import client
 
 IMAGES_SIGNATURE = client.IMAGES_SIGNATURE
@@ -241,11 +242,8 @@ def define_flags():
 
 def main(argv):
   del argv
-  configurable.parse_gin_flags(skip_unknown=configurable.TRAINING_PIPELINE)
+  model = cli.load_model_from_flags("output_dir")
   args = flags.FLAGS
-  if not args.checkpoint or not args.output_dir:
-    raise app.UsageError("--checkpoint and --output_dir are required.")
-  model = checkpoints.load_model(args.checkpoint)
   path = export_saved_model(model, args.output_dir, args.version,
                             args.overwrite, args.max_pixels, args.model_name)
   print(f"Exported {path} with signatures {', '.join(SIGNATURES)}")

@@ -36,6 +36,7 @@ from tf_unsup3d import atomic_files
 from tf_unsup3d import checkpoints
 from tf_unsup3d import configurable
 from tf_unsup3d import model as model_lib
+from tf_unsup3d.export import cli
 
 QUANTIZATIONS = ("none", "float16", "dynamic_int8")
 INFERENCE_OUTPUTS = tuple(model_lib.FACTORS)
@@ -292,11 +293,8 @@ def define_flags():
 
 def main(argv):
   del argv
-  configurable.parse_gin_flags(skip_unknown=configurable.TRAINING_PIPELINE)
+  model = cli.load_model_from_flags("output")
   args = flags.FLAGS
-  if not args.checkpoint or not args.output:
-    raise app.UsageError("--checkpoint and --output are required.")
-  model = checkpoints.load_model(args.checkpoint)
   reference = None
   if args.validate_against:
     signature = tf.saved_model.load(
