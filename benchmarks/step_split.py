@@ -92,8 +92,8 @@ def _images(batch, size):
 def main(argv):
   del argv
   gin.parse_config_files_and_bindings(
-      [gin_configs.resolve(f) for f in _GIN.value], _PARAMS.value + ["Unsup3D.vgg_weights = None"],
-      skip_unknown=True)
+      [gin_configs.resolve(f) for f in _GIN.value],
+      _PARAMS.value + ["Unsup3D.vgg_weights = None"])
   batch = gin.query_parameter("train.batch_size")
   strategy = train_lib.make_strategy(_STRATEGY.value)
   with strategy.scope():
