@@ -10,7 +10,6 @@ import math
 
 import tensorflow as tf
 
-from tf_unsup3d import shapes
 from tf_unsup3d.rendering import camera
 from tf_unsup3d.rendering import rasterizer
 
@@ -18,16 +17,9 @@ from tf_unsup3d.rendering import rasterizer
 # mesh seen near frontally has boxes of 2 pixel centres; stretched triangles
 # at depth edges take the wider, smaller tiers.
 DEFAULT_WINDOWS = ((2, None), (6, 4096), (16, 1024), (32, 256), (None, 64))
-# The inside test and the bounding boxes are the current pass's own.
+# The inside test, plane coefficients and bounding boxes are the current
+# pass's own.
 INSIDE_TOLERANCE = rasterizer.INSIDE_TOLERANCE
-_pixel_spans = rasterizer._pixel_spans  # pylint: disable=protected-access
-
-
-def _plane_coefficients(screen, faces):
-  """`[12, B, T]`: `rasterizer._plane_coefficients`, coefficient axis first."""
-  return tf.transpose(
-      rasterizer._plane_coefficients(screen, faces),  # pylint: disable=protected-access
-      [2, 0, 1])
 
 
 def _window_candidates(coef, x0, y0, triangle_ids, window, height, width):
@@ -147,16 +139,11 @@ def visible_triangles(screen, faces, height, width, triangle_chunk=128,
     covered: `[B, H, W]` bool.
   """
   with tf.name_scope("visible_triangles"):
-    screen = tf.stop_gradient(tf.convert_to_tensor(screen, tf.float32))
-    faces = tf.convert_to_tensor(faces, tf.int32)
-    shapes.check_shape(screen, "screen", ("B", "V", 3))
-    batch = tf.shape(screen)[0]
-    num_faces = faces.shape[0]
+    coef, (x0, y0, span_x, span_y) = rasterizer._triangle_boxes(  # pylint: disable=protected-access
+        screen, faces, height, width)
+    batch, num_faces = tf.shape(coef)[0], coef.shape[1]
     num_pixels = batch * height * width
-    # Centre the screen on the image so the coefficients stay small.
-    center = tf.constant([(width - 1) / 2.0, (height - 1) / 2.0, 0.0])
-    coef = _plane_coefficients(screen - center, faces)  # [12, B, T]
-    x0, y0, span_x, span_y = _pixel_spans(screen, faces, height, width)
+    coef = tf.transpose(coef, [2, 0, 1])  # [12, B, T]
     size = tf.maximum(span_x, span_y)  # <= max(H, W): spans are clipped.
     tiers = [(side or max(height, width), min(count or num_faces, num_faces))
              for side, count in windows]

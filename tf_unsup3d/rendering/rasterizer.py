@@ -115,6 +115,25 @@ def _pixel_spans(screen, faces, height, width):
   return x0, y0, span_x, span_y
 
 
+def _triangle_boxes(screen, faces, height, width):
+  """Each triangle's plane coefficients and candidate box (no gradient).
+
+  Args:
+    screen, faces, height, width: as `visible_triangles`.
+
+  Returns:
+    (coef, spans): coef `[B, T, 12]` `_plane_coefficients` in image-centred
+    pixel coordinates; spans `_pixel_spans`' four `[B, T]` int32 tensors.
+  """
+  screen = tf.stop_gradient(tf.convert_to_tensor(screen, tf.float32))
+  faces = tf.convert_to_tensor(faces, tf.int32)
+  shapes.check_shape(screen, "screen", ("B", "V", 3))
+  # Centre the screen on the image so the coefficients stay small.
+  center = tf.constant([(width - 1) / 2.0, (height - 1) / 2.0, 0.0])
+  return (_plane_coefficients(screen - center, faces),
+          _pixel_spans(screen, faces, height, width))
+
+
 def _pack_keys(score, triangle_ids):
   """Z-buffer keys: ordered by 1/z, then by the smaller triangle index.
 
@@ -212,8 +231,8 @@ def _ragged_pass(keys, coef, x0, y0, span_x, span_y, size, num_faces, window,
   Triangle k owns the candidate slots [ends[k] - count[k], ends[k]), one
   per pixel of its clipped box (count = span_x span_y), ends being their
   running sum; a step takes `candidate_chunk` consecutive slots, finds each
-  slot's triangle by binary search in `ends` and its pixel from the offset
-  in the box. The work is the number of box pixels, whatever the view.
+  slot's triangle by counting the ends before it and its pixel from the
+  offset in the box. The work is the number of box pixels, whatever the view.
 
   Args:
     keys: `[B H W]` int64 z-buffer keys so far.
@@ -278,12 +297,12 @@ def visible_triangles(screen, faces, height, width, window=DEFAULT_WINDOW,
 
   Each triangle is tested against the pixel centres of its bounding box
   (with slack for the tolerance, clipped to the image), and a max z-buffer
-  over packed (1/z, -id) keys keeps the nearest. Two passes share the
-  z-buffer, both in steps of `candidate_chunk` (triangle, pixel)
-  candidates: triangles whose box is at most `window` pixels a side test a
-  `window` x `window` square (dense and cheap: near frontal grid meshes
-  are all there), wider ones every pixel of their box through a running
-  sum of box sizes (`_ragged_pass`). The cost is linear in the box pixels
+  over packed (1/z, -id) keys keeps the nearest, in steps of
+  `candidate_chunk` (triangle, pixel) candidates. Every pixel of a box goes
+  through a running sum of box sizes (`_ragged_pass`); with `window` > 0,
+  triangles whose box is at most `window` pixels a side test a `window` x
+  `window` square instead (`_window_pass`, dense: near frontal grid meshes
+  are all there), into the same z-buffer. The cost is linear in the box pixels
   at every view, and the memory bounded by the chunk. Vectorised over the
   batch; compiles under XLA (dynamic trip counts, static step shapes).
 
@@ -302,17 +321,10 @@ def visible_triangles(screen, faces, height, width, window=DEFAULT_WINDOW,
     covered: `[B, H, W]` bool.
   """
   with tf.name_scope("visible_triangles"):
-    screen = tf.stop_gradient(tf.convert_to_tensor(screen, tf.float32))
-    faces = tf.convert_to_tensor(faces, tf.int32)
-    shapes.check_shape(screen, "screen", ("B", "V", 3))
-    batch = tf.shape(screen)[0]
-    num_faces = faces.shape[0]
-    # Centre the screen on the image so the coefficients stay small.
-    center = tf.constant([(width - 1) / 2.0, (height - 1) / 2.0, 0.0])
-    coef = tf.reshape(_plane_coefficients(screen - center, faces), [-1, 12])
-    x0, y0, span_x, span_y = (
-        tf.reshape(t, [-1])
-        for t in _pixel_spans(screen, faces, height, width))
+    coef, spans = _triangle_boxes(screen, faces, height, width)
+    batch, num_faces = tf.shape(coef)[0], coef.shape[1]
+    coef = tf.reshape(coef, [-1, 12])
+    x0, y0, span_x, span_y = (tf.reshape(t, [-1]) for t in spans)
     size = tf.maximum(span_x, span_y)
     keys = tf.fill([batch * height * width], tf.constant(-1, tf.int64))
     if window > 0:
