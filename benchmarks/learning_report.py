@@ -607,12 +607,12 @@ def format_stage(stage):
              f"{_fmt(fit['slope'], '.2f')}" for name, fit in
              stage["view"].items()]
     lines.append("view (predicted vs true): " + "; ".join(parts))
-  if stage.get("explainers"):
-    parts = [f"{name} <- {e['strongest']} r {_fmt(e['correlation'], '.2f')}"
-             f" (own {_fmt(e['own'], '.2f')})"
-             for name, e in stage["explainers"].items()]
-    lines.append("strongest predicted factor per true factor: " +
-                 "; ".join(parts))
+    if stage.get("explainers"):  # absent from stages of older reports
+      parts = [f"{name} <- {e['strongest']} r "
+               f"{_fmt(e['correlation'], '.2f')} (own {_fmt(e['own'], '.2f')})"
+               for name, e in stage["explainers"].items()]
+      lines.append("strongest predicted factor per true factor: " +
+                   "; ".join(parts))
   else:
     lines.append(f"view: {stage.get('view_note') or 'not measured'}")
   rl = stage["relief"]

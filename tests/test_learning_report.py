@@ -294,3 +294,35 @@ def test_factor_explainers_name_the_predicted_factor_that_follows_the_truth():
       {"yaw": true["yaw"]}, {"yaw": np.zeros(n), "tx": true["yaw"]})
   assert table["yaw"]["strongest"] == "tx"
   assert math.isnan(table["yaw"]["own"])
+
+
+def _stage(**extra):
+  """A minimal stage record as `learning.py` writes it."""
+  stage = {"budget_minutes": 30, "train_minutes": 30.0, "stage_minutes": 30.0,
+           "steps": 100, "epochs": 1, "images_per_second": 10.0,
+           "num_test_images": 4, "test": {}, "view": None,
+           "view_note": "no views.csv",
+           "relief": {k: 0.1 for k in ("canonical_on_gt_face", "gt_on_gt_face",
+                                       "recon_on_eval_mask",
+                                       "gt_on_eval_mask")},
+           "loss_shares": {"photometric": 1.0}}
+  stage.update(extra)
+  return stage
+
+
+def test_format_stage_reports_views_and_explainers_only_when_measured():
+  fit = {"correlation": 0.5, "slope": 0.25, "intercept": 0.0, "n": 4}
+  explainers = {"yaw": {"own": 0.1, "strongest": "light_dx",
+                        "correlation": -0.6}}
+  text = learning_report.format_stage(
+      _stage(view={"yaw": fit}, explainers=explainers))
+  assert "view (predicted vs true): yaw r 0.50, slope 0.25" in text
+  assert "yaw <- light_dx r -0.60 (own 0.10)" in text
+  assert "view: " not in text
+  # A stage recorded before the explainers existed: views, no explainer line.
+  text = learning_report.format_stage(_stage(view={"yaw": fit}))
+  assert "yaw r 0.50" in text
+  assert "strongest predicted factor" not in text and "view: " not in text
+  text = learning_report.format_stage(_stage())
+  assert "view: no views.csv" in text
+  assert "strongest predicted factor" not in text
