@@ -17,16 +17,15 @@ from tf_unsup3d.rendering import rasterizer
 # mesh seen near frontally has boxes of 2 pixel centres; stretched triangles
 # at depth edges take the wider, smaller tiers.
 DEFAULT_WINDOWS = ((2, None), (6, 4096), (16, 1024), (32, 256), (None, 64))
-# The inside test, plane coefficients and bounding boxes are the current
-# pass's own.
-INSIDE_TOLERANCE = rasterizer.INSIDE_TOLERANCE
+# The inside test (`rasterizer._scores`), plane coefficients and bounding
+# boxes are the current pass's own.
 
 
 def _window_candidates(coef, x0, y0, triangle_ids, window, height, width):
   """Scores every pixel of a `window` x `window` box per triangle.
 
   Args:
-    coef: `[12, B, N]` plane coefficients (centred pixel coordinates).
+    coef: `[12, B, N]` plane coefficients (`rasterizer._triangle_boxes`).
     x0, y0: `[B, N]` top-left candidate pixel per triangle.
     triangle_ids: `[B, N]` the triangles' indices.
     window: box side in pixels.
@@ -39,14 +38,9 @@ def _window_candidates(coef, x0, y0, triangle_ids, window, height, width):
   px = x0[..., None] + offsets % window  # [B, N, K^2]
   py = y0[..., None] + offsets // window
   in_image = (px < width) & (py < height)
-  x = tf.cast(px, tf.float32) - (width - 1) / 2.0
-  y = tf.cast(py, tf.float32) - (height - 1) / 2.0
-  c = coef[..., None]  # [12, B, N, 1]
-  planes = [c[3 * k] * x + c[3 * k + 1] * y + c[3 * k + 2]
-            for k in range(4)]
-  inside = tf.minimum(tf.minimum(planes[0], planes[1]), planes[2])
-  inside = (inside >= -INSIDE_TOLERANCE) & in_image
-  score = tf.where(inside, planes[3], -1.0)
+  score = rasterizer._scores(  # pylint: disable=protected-access
+      tf.transpose(coef, [1, 2, 0])[:, :, None], px, py)
+  score = tf.where(in_image, score, -1.0)
   batch = tf.shape(px)[0]
   image_index = tf.range(batch, dtype=tf.int32)[:, None, None]
   pixel = (image_index * height + tf.minimum(py, height - 1)) * width
@@ -75,24 +69,20 @@ def _zbuffer_dense(coef, height, width, triangle_chunk):
   num_chunks = max(1, math.ceil(num_faces / triangle_chunk))
   padding = num_chunks * triangle_chunk - num_faces
   # Padding triangles get b0 = -1 everywhere: never inside.
-  pad = tf.one_hot(2, 12, on_value=-1.0, off_value=0.0)[:, None, None]
+  pad = tf.one_hot(8, 12, on_value=-1.0, off_value=0.0)[:, None, None]
   coef = tf.concat([coef, tf.tile(pad, [1, batch, padding])], axis=2)
   coef = tf.reshape(coef, [12, batch, num_chunks, triangle_chunk])
   coef = tf.transpose(coef, [2, 0, 1, 3])  # [chunks, 12, B, Tc]
-  center = tf.constant([(width - 1) / 2.0, (height - 1) / 2.0])
-  pixels = tf.reshape(camera.pixel_grid(height, width) - center, [-1, 2])
+  pixels = tf.reshape(camera.pixel_grid(height, width), [-1, 2])
   x = pixels[None, :, None, 0]  # [1, P, 1]
   y = pixels[None, :, None, 1]
 
   def body(i, best_inv_z, best_id):
-    c = coef[i][:, :, None, :]  # [12, B, 1, Tc]
-    planes = [c[3 * k] * x + c[3 * k + 1] * y + c[3 * k + 2] for k in range(4)]
-    inside = tf.minimum(tf.minimum(planes[0], planes[1]), planes[2])
-    inside = inside >= -INSIDE_TOLERANCE
-    score = tf.where(inside, planes[3], -1.0)  # [B, P, Tc]; 1/z > 0 inside
+    c = tf.transpose(coef[i], [1, 2, 0])[:, None]  # [B, 1, Tc, 12]
+    score = rasterizer._scores(c, x, y)  # pylint: disable=protected-access
     chunk_best = tf.reduce_max(score, axis=-1)
     ids = i * triangle_chunk + tf.range(triangle_chunk, dtype=tf.int32)
-    winners = inside & (score >= chunk_best[..., None])
+    winners = (score > 0.0) & (score >= chunk_best[..., None])
     chunk_id = tf.reduce_min(tf.where(winners, ids, tf.int32.max), axis=-1)
     better = chunk_best > best_inv_z  # strict: earlier chunks win ties
     return (i + 1, tf.where(better, chunk_best, best_inv_z),
@@ -110,8 +100,9 @@ def visible_triangles(screen, faces, height, width, triangle_chunk=128,
   """The nearest triangle at each pixel centre (the visibility pass).
 
   A pixel is covered by a triangle when its normalised barycentrics are all
-  >= -INSIDE_TOLERANCE; among covering triangles the one with the largest
-  perspective-correct 1/z wins, ties going to the smallest triangle index.
+  >= -rasterizer.INSIDE_TOLERANCE; among covering triangles the one with the
+  largest perspective-correct 1/z wins, ties going to the smallest triangle
+  index.
   Both winding orders are rendered (no culling). No gradient.
 
   Static shapes throughout (it compiles under XLA), vectorised over the

@@ -57,33 +57,36 @@ def grid_faces(height, width):
 
 
 def _plane_coefficients(screen, faces):
-  """Affine coefficients of the barycentrics and of 1/z over the screen.
+  """Affine coefficients of the barycentrics and of 1/z about vertex 0.
 
-  Returns `[B, T, 12]`: (A, B, C) of b0, b1, b2 and 1/z, so that
-  f(x, y) = A x + B y + C at pixel (x, y). Degenerate triangles get
-  coefficients that fail every inside test.
+  Each plane is evaluated relative to the triangle's first vertex (u0, v0),
+  where b0 = 1, b1 = b2 = 0 and 1/z = 1/z0: with offsets of a few pixels
+  rather than of the image size, float32 keeps the barycentrics of thin
+  triangles accurate at 256 px.
+
+  Returns:
+    `[B, T, 12]`: (A, B) of b0, b1, b2 and 1/z, then b0 and 1/z at vertex 0,
+    then (u0, v0), so that f(x, y) = f(u0, v0) + A (x - u0) + B (y - v0).
+    Degenerate triangles get b0 = -1 everywhere, failing every inside test.
   """
   tri = tf.gather(screen, faces, axis=1)  # [B, T, 3 vertices, (u, v, z)]
   u0, u1, u2 = tf.unstack(tri[..., 0], axis=-1)
   v0, v1, v2 = tf.unstack(tri[..., 1], axis=-1)
   z0, z1, z2 = tf.unstack(tri[..., 2], axis=-1)
-  area = (u1 - u0) * (v2 - v0) - (u2 - u0) * (v1 - v0)
+  du1, dv1, du2, dv2 = u1 - u0, v1 - v0, u2 - u0, v2 - v0
+  area = du1 * dv2 - du2 * dv1
   valid = (tf.abs(area) > 1e-10) & (tf.minimum(tf.minimum(z0, z1), z2) > 1e-6)
   inv_area = tf.where(valid, 1.0 / tf.where(valid, area, 1.0), 0.0)
   # b_i = ((u_j - x)(v_k - y) - (u_k - x)(v_j - y)) / area for (i, j, k)
-  # cyclic; C is written as u_j (v_k - v_j) - v_j (u_k - u_j) to keep its
-  # rounding error proportional to the edge length.
-  coefficients = []
-  for (uj, vj, uk, vk) in ((u1, v1, u2, v2), (u2, v2, u0, v0),
-                           (u0, v0, u1, v1)):
-    coefficients.append([(vj - vk) * inv_area, (uk - uj) * inv_area,
-                         (uj * (vk - vj) - vj * (uk - uj)) * inv_area])
-  # Degenerate triangles: b0 = -1 everywhere.
-  coefficients[0][2] = tf.where(valid, coefficients[0][2], -1.0)
-  inv_z = [sum(coefficients[i][k] / z for i, z in enumerate((z0, z1, z2)))
-           for k in range(3)]
-  coefficients.append(inv_z)
-  return tf.stack([c for row in coefficients for c in row], axis=-1)
+  # cyclic, with vertex 0 at the origin.
+  gradients = [((dv1 - dv2) * inv_area, (du2 - du1) * inv_area),
+               (dv2 * inv_area, -du2 * inv_area),
+               (-dv1 * inv_area, du1 * inv_area)]
+  inv_z = [sum(g[k] / z for g, z in zip(gradients, (z0, z1, z2)))
+           for k in range(2)]
+  b0_at_vertex = tf.where(valid, 1.0, -1.0)
+  return tf.stack([c for g in gradients for c in g] + inv_z +
+                  [b0_at_vertex, 1.0 / z0, u0, v0], axis=-1)
 
 
 def _pixel_spans(screen, faces, height, width):
@@ -122,15 +125,13 @@ def _triangle_boxes(screen, faces, height, width):
     screen, faces, height, width: as `visible_triangles`.
 
   Returns:
-    (coef, spans): coef `[B, T, 12]` `_plane_coefficients` in image-centred
-    pixel coordinates; spans `_pixel_spans`' four `[B, T]` int32 tensors.
+    (coef, spans): coef `[B, T, 12]` `_plane_coefficients`; spans
+    `_pixel_spans`' four `[B, T]` int32 tensors.
   """
   screen = tf.stop_gradient(tf.convert_to_tensor(screen, tf.float32))
   faces = tf.convert_to_tensor(faces, tf.int32)
   shapes.check_shape(screen, "screen", ("B", "V", 3))
-  # Centre the screen on the image so the coefficients stay small.
-  center = tf.constant([(width - 1) / 2.0, (height - 1) / 2.0, 0.0])
-  return (_plane_coefficients(screen - center, faces),
+  return (_plane_coefficients(screen, faces),
           _pixel_spans(screen, faces, height, width))
 
 
@@ -160,20 +161,20 @@ def _unpack_keys(keys):
   return covered, tf.where(covered, tf.int32.max - low, 0)
 
 
-def _scores(coef, px, py, height, width):
+def _scores(coef, px, py):
   """1/z of each candidate pixel, -1 where the inside test fails.
 
   Args:
-    coef: `[..., 12]` plane coefficients (image-centred pixel coordinates),
-      broadcast against the pixels.
+    coef: `[..., 12]` `_plane_coefficients`, broadcast against the pixels.
     px, py: `[...]` int32 pixel column and row.
   """
-  x = tf.cast(px, tf.float32) - (width - 1) / 2.0
-  y = tf.cast(py, tf.float32) - (height - 1) / 2.0
   c = tf.unstack(coef, axis=-1)
-  planes = [c[3 * k] * x + c[3 * k + 1] * y + c[3 * k + 2] for k in range(4)]
-  inside = tf.minimum(tf.minimum(planes[0], planes[1]), planes[2])
-  return tf.where(inside >= -INSIDE_TOLERANCE, planes[3], -1.0)
+  dx = tf.cast(px, tf.float32) - c[10]
+  dy = tf.cast(py, tf.float32) - c[11]
+  plane = lambda k, at_vertex: at_vertex + c[2 * k] * dx + c[2 * k + 1] * dy
+  inside = tf.minimum(tf.minimum(plane(0, c[8]), plane(1, 0.0)),
+                      plane(2, 0.0))
+  return tf.where(inside >= -INSIDE_TOLERANCE, plane(3, c[9]), -1.0)
 
 
 def _window_pass(keys, coef, x0, y0, size, num_faces, window, height, width,
@@ -208,7 +209,7 @@ def _window_pass(keys, coef, x0, y0, size, num_faces, window, height, width,
       px = pick(x0)[:, None] + offsets % window  # [chunk, window^2]
       py = pick(y0)[:, None] + offsets // window
       in_image = (px < width) & (py < height)
-      score = _scores(pick(coef)[:, None], px, py, height, width)
+      score = _scores(pick(coef)[:, None], px, py)
       score = tf.where(in_image & (pick(size) <= window)[:, None], score,
                        -1.0)
       pixel = ((flat // num_faces)[:, None] * height +
@@ -273,7 +274,7 @@ def _ragged_pass(keys, coef, x0, y0, span_x, span_y, size, num_faces, window,
       side = tf.maximum(tf.gather(span_x, flat), 1)
       px = tf.gather(x0, flat) + local % side
       py = tf.gather(y0, flat) + local // side
-      score = _scores(tf.gather(coef, flat), px, py, height, width)
+      score = _scores(tf.gather(coef, flat), px, py)
       key = _pack_keys(tf.where(valid, score, -1.0), flat % num_faces)
       pixel = tf.where(valid, ((flat // num_faces) * height + py) * width + px,
                        0)
