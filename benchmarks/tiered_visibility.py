@@ -68,7 +68,8 @@ def _zbuffer_dense(coef, height, width, triangle_chunk):
   batch, num_faces = tf.shape(coef)[1], coef.shape[2]
   num_chunks = max(1, math.ceil(num_faces / triangle_chunk))
   padding = num_chunks * triangle_chunk - num_faces
-  # Padding triangles get b0 = -1 everywhere: never inside.
+  # Padding triangles get b0 = -1 everywhere (slot 8, b0 at vertex 0, of
+  # `rasterizer._plane_coefficients`), zero gradients: never inside.
   pad = tf.one_hot(8, 12, on_value=-1.0, off_value=0.0)[:, None, None]
   coef = tf.concat([coef, tf.tile(pad, [1, batch, padding])], axis=2)
   coef = tf.reshape(coef, [12, batch, num_chunks, triangle_chunk])
@@ -102,8 +103,7 @@ def visible_triangles(screen, faces, height, width, triangle_chunk=128,
   A pixel is covered by a triangle when its normalised barycentrics are all
   >= -rasterizer.INSIDE_TOLERANCE; among covering triangles the one with the
   largest perspective-correct 1/z wins, ties going to the smallest triangle
-  index.
-  Both winding orders are rendered (no culling). No gradient.
+  index. Both winding orders are rendered (no culling). No gradient.
 
   Static shapes throughout (it compiles under XLA), vectorised over the
   batch and the triangles. Fast path, in tiers: `windows` lists
