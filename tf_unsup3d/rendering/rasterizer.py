@@ -229,11 +229,12 @@ def _ragged_pass(keys, coef, x0, y0, span_x, span_y, size, num_faces, window,
                  height, width, candidate_chunk):
   """Z-buffers every box pixel of the triangles wider than `window`.
 
-  Triangle k owns the candidate slots [ends[k] - count[k], ends[k]), one
-  per pixel of its clipped box (count = span_x span_y), ends being their
-  running sum; a step takes `candidate_chunk` consecutive slots, finds each
-  slot's triangle by counting the ends before it and its pixel from the
-  offset in the box. The work is the number of box pixels, whatever the view.
+  Triangle k owns the candidate slots [begins[k], begins[k] + count[k]),
+  one per pixel of its clipped box (count = span_x span_y), begins being
+  the running sum of the counts before it; a step takes `candidate_chunk`
+  consecutive slots, finds each slot's triangle by counting the triangles
+  that begin up to it and its pixel from the offset in the box. The work is
+  the number of box pixels, whatever the view.
 
   Args:
     keys: `[B H W]` int64 z-buffer keys so far.
@@ -247,43 +248,61 @@ def _ragged_pass(keys, coef, x0, y0, span_x, span_y, size, num_faces, window,
   with tf.name_scope("ragged_pass"):
     n = tf.shape(x0)[0]
     count = tf.where(size > window, span_x * span_y, 0)
-    ends = tf.cumsum(tf.cast(count, tf.int64))
-    begins = ends - tf.cast(count, tf.int64)
+    begins = tf.cumsum(tf.cast(count, tf.int64), exclusive=True)
     total = tf.reduce_sum(tf.cast(count, tf.int64))
     # Each step's z-buffer merge touches all B H W keys: steps of at least
     # half that many candidates keep it a constant share of the work.
-    chunk = tf.cast(tf.maximum(candidate_chunk, tf.size(keys) // 2), tf.int64)
+    chunk = tf.maximum(candidate_chunk, tf.size(keys) // 2)
+    chunk64 = tf.cast(chunk, tf.int64)
+    # The triangles with candidates, in order ("live"): their begins
+    # strictly increase, so at most `chunk` of them begin within a step,
+    # and a step looks at a window of chunk + 1 of them (the one holding
+    # its first slot, then those beginning in it) rather than at all B T.
+    # Padding past the end keeps every window in range.
+    has_slots = count > 0
+    num_live = tf.reduce_sum(tf.cast(has_slots, tf.int32))
+    rank = tf.cumsum(tf.cast(has_slots, tf.int32), exclusive=True)
+    index = tf.range(n)
+    live = tf.math.unsorted_segment_max(
+        index, tf.where(has_slots, rank, n), n + 1)[:n]
+    is_live = index < num_live
+    live = tf.concat([tf.where(is_live, live, 0),
+                      tf.zeros([chunk + 1], tf.int32)], 0)
+    live_begins = tf.concat(
+        [tf.where(is_live, tf.gather(begins, live[:n]), tf.int64.max),
+         tf.fill([chunk + 1], tf.int64.max)], 0)
+    boxes = tf.stack([x0, y0, span_x], axis=-1)  # one gather per step
     slots = tf.range(chunk)
 
-    def body(i, keys):
-      start = tf.cast(i, tf.int64) * chunk
-      slot = start + slots
-      valid = slot < total
-      # Each slot's triangle is the number of triangles ending at or before
-      # it: those before the step, plus a running count of the ends within
-      # it. (tf.searchsorted would do, but XLA lowers it to a [chunk, B T]
-      # comparison, gigabytes at 64 px.)
-      within = (ends >= start) & (ends < start + chunk)
-      ends_here = tf.math.unsorted_segment_sum(
-          tf.cast(within, tf.int32),
-          tf.cast(tf.where(within, ends - start, 0), tf.int32),
-          tf.cast(chunk, tf.int32))
-      before = tf.reduce_sum(tf.cast(ends < start, tf.int32))
-      flat = tf.minimum(before + tf.cumsum(ends_here), n - 1)
-      local = tf.cast(slot - tf.gather(begins, flat), tf.int32)
-      side = tf.maximum(tf.gather(span_x, flat), 1)
-      px = tf.gather(x0, flat) + local % side
-      py = tf.gather(y0, flat) + local // side
+    def body(i, first, keys):
+      # first: live triangles beginning before this step's first slot.
+      start = tf.cast(i, tf.int64) * chunk64
+      valid = tf.cast(slots, tf.int64) < total - start
+      near = tf.slice(live_begins, [first], [chunk + 1])
+      here = near < start + chunk64
+      begins_at = tf.math.unsorted_segment_sum(
+          tf.cast(here, tf.int32),
+          tf.cast(tf.where(here, near - start, chunk64), tf.int32),
+          chunk + 1)[:chunk]
+      held_by = tf.maximum(first - 1 + tf.cumsum(begins_at), 0)
+      flat = tf.gather(live, held_by)
+      local = slots - tf.cast(tf.gather(begins, flat) - start, tf.int32)
+      box = tf.gather(boxes, flat)
+      side = tf.maximum(box[:, 2], 1)
+      px = box[:, 0] + local % side
+      py = box[:, 1] + local // side
       score = _scores(tf.gather(coef, flat), px, py)
       key = _pack_keys(tf.where(valid, score, -1.0), flat % num_faces)
       pixel = tf.where(valid, ((flat // num_faces) * height + py) * width + px,
                        0)
-      return i + 1, tf.maximum(keys, tf.math.unsorted_segment_max(
-          key, pixel, tf.size(keys)))
+      return (i + 1, first + tf.reduce_sum(tf.cast(here, tf.int32)),
+              tf.maximum(keys, tf.math.unsorted_segment_max(
+                  key, pixel, tf.size(keys))))
 
-    steps = (total + chunk - 1) // chunk
-    _, keys = tf.while_loop(lambda i, _: tf.cast(i, tf.int64) < steps, body,
-                            (tf.constant(0), keys), parallel_iterations=1)
+    steps = (total + chunk64 - 1) // chunk64
+    _, _, keys = tf.while_loop(
+        lambda i, *_: tf.cast(i, tf.int64) < steps, body,
+        (tf.constant(0), tf.constant(0), keys), parallel_iterations=1)
     return keys
 
 
