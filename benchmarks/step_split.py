@@ -71,6 +71,14 @@ _FULL_ONLY = flags.DEFINE_boolean("full_step_only", False,
                                   "Print only the full step (JSON).")
 
 
+def _bound(name, default):
+  """The config's value of gin parameter `name`, or `default` if unbound."""
+  try:
+    return gin.query_parameter(name)
+  except ValueError:
+    return default
+
+
 def _images(batch, size):
   """The first `[batch, S, S, 3]` val images of the data pipeline (random
   images where there is no data)."""
@@ -99,11 +107,14 @@ def main(argv):
   with strategy.scope():
     if _CHECKPOINT.value:
       model = checkpoints.load_model(_CHECKPOINT.value)
+      optimizer = keras.optimizers.Adam(1e-4)
+      optimizer.build(model.trainable_variables)
     else:
-      model = checkpoints.build_model()
+      # As the training loop builds it, in the config's precision.
+      state = train_lib.build_model_and_optimizer(
+          strategy, mixed_precision=_bound("train.mixed_precision", False))
+      model, optimizer = state.model, state.optimizer
     variables = model.trainable_variables
-    optimizer = keras.optimizers.Adam(1e-4)
-    optimizer.build(variables)
   size = model.image_size
   x = _images(batch, size)
   # The training loop's own step (loss weights as the config sets them).
@@ -214,7 +225,8 @@ def main(argv):
   print(f"\nbatch {batch} at {size}x{size}, config {_GIN.value}, "
         f"{'trained' if _CHECKPOINT.value else 'untrained'} weights, "
         f"oneDNN {os.environ.get('TF_ENABLE_ONEDNN_OPTS')}, "
-        f"{type(strategy).__name__}")
+        f"{type(strategy).__name__}, networks in "
+        f"{model.net_albedo.compute_dtype}")
   print(f"{'phase':14s} {'s/step':>8s} {'share of step':>14s}")
   for name, seconds in rows:
     print(f"{name:14s} {seconds:8.3f} {seconds / step:14.2f}")

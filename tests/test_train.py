@@ -212,6 +212,31 @@ def test_auto_strategy_runs_one_replica_without_several_gpus():
     train_lib.make_strategy("mirror")
 
 
+def test_bfloat16_check_reads_the_cpu_flags(tmp_path, caplog):
+  """bfloat16 counts as fast only with AVX512_BF16 or AMX-BF16 among the
+  CPU's flags (AVX-512 alone emulates it); an unreadable file is unknown;
+  and asking for mixed precision without them logs how to turn it off."""
+  cpuinfo = tmp_path / "cpuinfo"
+  base = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni"
+  for extra, fast in (("", False), (" avx512_bf16", True),
+                      (" amx_bf16 amx_tile", True), (" avx512_bf16x", False)):
+    cpuinfo.write_text(base + extra + "\nbogomips\t: 5200\n")
+    assert train_lib.cpu_has_fast_bfloat16(str(cpuinfo)) is fast, extra
+  assert train_lib.cpu_has_fast_bfloat16(str(tmp_path / "missing")) is None
+  if (train_lib.cpu_has_fast_bfloat16() is False and
+      not tf.config.list_physical_devices("GPU")):
+    gin.clear_config()
+    gin.bind_parameter("Unsup3D.nf", 4)
+    gin.bind_parameter("Unsup3D.zdim", 8)
+    gin.bind_parameter("Unsup3D.vgg_weights", None)
+    gin.bind_parameter("Unsup3D.lam_perc", 0.0)
+    with caplog.at_level(logging.WARNING):
+      train_lib.build_model_and_optimizer(
+          train_lib.make_strategy("one_device"), mixed_precision=True)
+    gin.clear_config()
+    assert "train.mixed_precision = False" in caplog.text
+
+
 def test_cosine_schedule_and_budget_fraction():
   assert train_lib.cosine_schedule(1.0, 0.0, 0.0) == 1.0
   assert train_lib.cosine_schedule(1.0, 0.0, 1.0) == pytest.approx(0.0)

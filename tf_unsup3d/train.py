@@ -327,6 +327,21 @@ class Schedules:
     return 1.0 if epoch < self.lam_flip_start_epoch else self.lam_flip
 
 
+def cpu_has_fast_bfloat16(cpuinfo="/proc/cpuinfo"):
+  """Whether this CPU has bfloat16 arithmetic (AVX512_BF16 or AMX-BF16).
+
+  Without it oneDNN emulates bfloat16 convolutions, 3-5x slower than
+  float32 (README, "Training"). Returns None where `cpuinfo` is unreadable
+  (not Linux).
+  """
+  try:
+    with open(cpuinfo) as f:
+      flags_line = next((line for line in f if line.startswith("flags")), "")
+  except OSError:
+    return None
+  return bool({"avx512_bf16", "amx_bf16"} & set(flags_line.split()))
+
+
 def build_model_and_optimizer(strategy, learning_rate=1e-4, adam_epsilon=1e-8,
                               mixed_precision=False):
   """The training state, created in `strategy`'s scope.
@@ -346,6 +361,13 @@ def build_model_and_optimizer(strategy, learning_rate=1e-4, adam_epsilon=1e-8,
     # Layers take the global dtype policy when they are created.
     policy = keras.mixed_precision.global_policy()
     if mixed_precision:
+      if (not tf.config.list_physical_devices("GPU") and
+          cpu_has_fast_bfloat16() is False):
+        logging.warning(
+            "train.mixed_precision = True on a CPU without AVX512_BF16 or "
+            "AMX-BF16: its bfloat16 convolutions are emulated and the step "
+            "runs slower than in float32; set train.mixed_precision = False "
+            "on this machine.")
       keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
       model = checkpoints.build_model()
