@@ -212,7 +212,7 @@ def test_auto_strategy_runs_one_replica_without_several_gpus():
     train_lib.make_strategy("mirror")
 
 
-def test_bfloat16_check_reads_the_cpu_flags(tmp_path, caplog):
+def test_bfloat16_check_reads_the_cpu_flags(tmp_path, caplog, monkeypatch):
   """bfloat16 counts as fast only with AVX512_BF16 or AMX-BF16 among the
   CPU's flags (AVX-512 alone emulates it); an unreadable file is unknown;
   and asking for mixed precision without them logs how to turn it off."""
@@ -223,18 +223,21 @@ def test_bfloat16_check_reads_the_cpu_flags(tmp_path, caplog):
     cpuinfo.write_text(base + extra + "\nbogomips\t: 5200\n")
     assert train_lib.cpu_has_fast_bfloat16(str(cpuinfo)) is fast, extra
   assert train_lib.cpu_has_fast_bfloat16(str(tmp_path / "missing")) is None
-  if (train_lib.cpu_has_fast_bfloat16() is False and
-      not tf.config.list_physical_devices("GPU")):
-    gin.clear_config()
-    gin.bind_parameter("Unsup3D.nf", 4)
-    gin.bind_parameter("Unsup3D.zdim", 8)
-    gin.bind_parameter("Unsup3D.vgg_weights", None)
-    gin.bind_parameter("Unsup3D.lam_perc", 0.0)
-    with caplog.at_level(logging.WARNING):
-      train_lib.build_model_and_optimizer(
-          train_lib.make_strategy("one_device"), mixed_precision=True)
-    gin.clear_config()
-    assert "train.mixed_precision = False" in caplog.text
+  # The warning comes before the model is built; a stand-in builder stops
+  # there, and the global dtype policy is restored.
+  strategy = train_lib.make_strategy("one_device")
+  monkeypatch.setattr(train_lib, "cpu_has_fast_bfloat16", lambda: False)
+  monkeypatch.setattr(train_lib.tf.config, "list_physical_devices",
+                      lambda kind=None: [])
+
+  def stop():
+    raise RuntimeError("stand-in builder")
+
+  monkeypatch.setattr(train_lib.checkpoints, "build_model", stop)
+  with caplog.at_level(logging.WARNING), pytest.raises(RuntimeError):
+    train_lib.build_model_and_optimizer(strategy, mixed_precision=True)
+  assert "train.mixed_precision = False" in caplog.text
+  assert keras.mixed_precision.global_policy().name == "float32"
 
 
 def test_cosine_schedule_and_budget_fraction():
