@@ -146,12 +146,14 @@ def factor_explainers(true, predicted):
   return table
 
 
-def loss_weights(lam_flip, lam_perc, lam_depth_sm, lam_multiscale=0.0):
+def loss_weights(lam_flip, lam_perc, lam_depth_sm, lam_multiscale=0.0,
+                 lam_rerender_view=0.0):
   """Weight of each loss term in the total (DESIGN section 1)."""
   return {"photometric": 1.0, "photometric_flip": lam_flip,
           "perceptual": lam_perc, "perceptual_flip": lam_perc * lam_flip,
           "multiscale": lam_multiscale,
           "multiscale_flip": lam_multiscale * lam_flip,
+          "rerender_view": lam_rerender_view,
           "depth_smoothness": lam_depth_sm}
 
 
@@ -743,7 +745,7 @@ def measure_stage(model, test, summary, budget, previous_minutes,
   weights = loss_weights(
       1.0 if summary["epochs"] < lam_flip_start_epoch else model.lam_flip,
       model.lam_perc, summary.get("lam_depth_sm", model.lam_depth_sm),
-      model.lam_multiscale)
+      model.lam_multiscale, model.lam_rerender_view)
   gt = test["depth"]
   gt_face = metrics.erode_mask(metrics.foreground_mask(gt)).numpy()
   eval_mask = metrics.evaluation_mask(gt, out["recon_mask"]).numpy()

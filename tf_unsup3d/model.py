@@ -117,6 +117,8 @@ class Unsup3D(keras.Model):
                lam_depth_sm=0.0,
                lam_multiscale=0.0,
                multiscale_factors=(2, 4, 8),
+               lam_rerender_view=0.0,
+               rerender_view_scale=0.5,
                nf=64,
                zdim=256,
                light_view_nf=32,
@@ -144,6 +146,10 @@ class Unsup3D(keras.Model):
       lam_multiscale: weight of the photometric loss on average-pooled
         images (0 in the paper; see `losses.multiscale_photometric_loss_sums`).
       multiscale_factors: its pooling factors (divisors of image_size).
+      lam_rerender_view: weight of the view consistency on re-rendered
+        images (0 in the paper; see `rerender_view_loss_sums`).
+      rerender_view_scale: the re-rendering views are uniform within this
+        fraction, in (0, 1], of each view range (xyz_rotation_range, ...).
       nf, zdim: width and bottleneck of the depth and albedo nets (64, 256).
       light_view_nf: width of the light and view encoders (32).
       conf_zdim: bottleneck of the confidence net (128, width nf).
@@ -181,6 +187,11 @@ class Unsup3D(keras.Model):
       if k < 2 or image_size % k:
         raise ValueError(f"multiscale_factors must divide image_size "
                          f"{image_size} and be >= 2, got {k}.")
+    self.lam_rerender_view = float(lam_rerender_view)
+    self.rerender_view_scale = float(rerender_view_scale)
+    if not 0.0 < self.rerender_view_scale <= 1.0:
+      raise ValueError(f"rerender_view_scale must be in (0, 1], got "
+                       f"{rerender_view_scale}.")
     self.renderer = renderer_lib.Renderer(
         image_size=image_size, fov=fov, min_depth=min_depth,
         max_depth=max_depth, rot_center_depth=rot_center_depth,
@@ -378,7 +389,7 @@ class Unsup3D(keras.Model):
     Returns:
       Dict of scalars: `total`, `photometric`, `photometric_flip` and, when
       enabled, `perceptual`, `perceptual_flip`, `multiscale`,
-      `multiscale_flip`, `depth_smoothness`. The
+      `multiscale_flip`, `rerender_view`, `depth_smoothness`. The
       photometric terms compare images in [-1, 1] like the paper.
     """
     with tf.name_scope("compute_losses"):
@@ -419,6 +430,9 @@ class Unsup3D(keras.Model):
                 recon_flip, x, mask, self.multiscale_factors))
         total += self.lam_multiscale * (terms["multiscale"] +
                                         lam_flip * terms["multiscale_flip"])
+      if self.lam_rerender_view > 0:
+        terms["rerender_view"] = ratio(self.rerender_view_loss_sums(outputs))
+        total += self.lam_rerender_view * terms["rerender_view"]
       if self.lam_depth_sm > 0:
         lam_depth_sm = (self.lam_depth_sm if lam_depth_sm is None
                         else lam_depth_sm)
@@ -429,3 +443,48 @@ class Unsup3D(keras.Model):
         total += lam_depth_sm * terms["depth_smoothness"]
       terms["total"] = total
       return terms
+
+  def rerender_view_loss_sums(self, outputs):
+    """View consistency on the model's own renderings at known views.
+
+    Each image's predicted canonical image and depth (no gradient) are
+    rendered at a random view, uniform within `rerender_view_scale` of each
+    view range, and the view network must predict that view: L1 in the
+    encoder's [-1, 1] units, on the components whose range is not 0. It
+    trains the view network only. The photometric loss tells the view where
+    to move only within a pixel or two of alignment, and not at all once the
+    canonical albedo has copied a turned input; this regression gives it the
+    whole range from the start, about views of whatever the canonical
+    factors are (a coarse symmetric face early on). Pixels no surface
+    covers take the canonical image's nearest edge (clamped sampling), not
+    black: a black strip on one side would tell the yaw by itself.
+
+    Args:
+      outputs: the dict of `call` (`canon_depth`, `canon_image`).
+
+    Returns:
+      (sum of absolute errors, number of terms): scalars.
+    """
+    with tf.name_scope("rerender_view_loss"):
+      depth = tf.stop_gradient(outputs["canon_depth"])
+      image = tf.stop_gradient(value_ranges.to_signed(outputs["canon_image"]))
+      batch = tf.shape(depth)[0]
+      ranges = tf.constant([self.xyz_rotation_range] * 3 +
+                           [self.xy_translation_range] * 2 +
+                           [self.z_translation_range])
+      active = tf.cast(ranges > 0, tf.float32)
+      target = tf.random.uniform([batch, 6], -self.rerender_view_scale,
+                                 self.rerender_view_scale) * active
+      view = self.decode_view(target)
+      recon_depth = self.renderer.warp_canon_depth(depth, view)
+      grid = self.renderer.inverse_warp_grid(recon_depth, view)
+      covered = self.renderer.coverage_mask(recon_depth)[..., None]
+      s = self.image_size
+      own = tf.stack(tf.meshgrid(tf.linspace(-1.0, 1.0, s),
+                                 tf.linspace(-1.0, 1.0, s)), axis=-1)
+      grid = covered * grid + (1.0 - covered) * own[None]
+      rendered = tf.stop_gradient(sampling.bilinear_sample(image, grid))
+      predicted = tf.cast(self.net_view(rendered, training=True), tf.float32)
+      error = tf.abs(predicted - target) * active
+      return (tf.reduce_sum(error),
+              tf.cast(batch, tf.float32) * tf.reduce_sum(active))
