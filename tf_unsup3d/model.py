@@ -294,20 +294,29 @@ class Unsup3D(keras.Model):
       ambient = _rescale(light[:, 0], *self.amb_light_range)
       diffuse = _rescale(light[:, 1], *self.diff_light_range)
       light_dir = shading.light_direction(light[:, 2:])
-      normal = self.renderer.normals_from_depth(canon_depth)
-      diffuse_shading = shading.diffuse_shading(
-          normal, light_dir, self.renderer.view_directions(canon_depth))
-      shading_map = (ambient[:, None, None, None] +
-                     diffuse[:, None, None, None] * diffuse_shading)
-      return {
-          "normal": normal,
-          "diffuse_shading": diffuse_shading,
-          "canon_image": value_ranges.to_signed(
-              value_ranges.to_unit(canon_albedo) * shading_map),
-          "light": tf.concat([tf.stack([ambient, diffuse], -1), light[:, 2:]],
-                             axis=-1),
-          "light_direction": light_dir,
-      }
+      shaded = self._shade_decoded(canon_depth, canon_albedo, ambient,
+                                   diffuse, light_dir)
+      shaded["light"] = tf.concat(
+          [tf.stack([ambient, diffuse], -1), light[:, 2:]], axis=-1)
+      shaded["light_direction"] = light_dir
+      return shaded
+
+  def _shade_decoded(self, canon_depth, canon_albedo, ambient, diffuse,
+                     light_dir):
+    """`shade` with the light decoded: ambient and diffuse `[B]` strengths,
+    `[B, 3]` unit direction. Returns `normal`, `diffuse_shading` and
+    `canon_image` (about [-1, 1])."""
+    normal = self.renderer.normals_from_depth(canon_depth)
+    diffuse_shading = shading.diffuse_shading(
+        normal, light_dir, self.renderer.view_directions(canon_depth))
+    shading_map = (ambient[:, None, None, None] +
+                   diffuse[:, None, None, None] * diffuse_shading)
+    return {
+        "normal": normal,
+        "diffuse_shading": diffuse_shading,
+        "canon_image": value_ranges.to_signed(
+            value_ranges.to_unit(canon_albedo) * shading_map),
+    }
 
   def decode_view(self, view):
     """`[B, 6]` view encoder output in [-1, 1] -> radians and scene units."""
@@ -444,47 +453,71 @@ class Unsup3D(keras.Model):
       terms["total"] = total
       return terms
 
-  def rerender_view_loss_sums(self, outputs):
-    """View consistency on the model's own renderings at known views.
+  def rerender_view_loss_sums(self, outputs, target=None):
+    """View consistency on renderings of the model's own symmetric factors.
 
-    Each image's predicted canonical image and depth (no gradient) are
-    rendered at a random view, uniform within `rerender_view_scale` of each
-    view range, and the view network must predict that view: L1 in the
-    encoder's [-1, 1] units, on the components whose range is not 0. It
-    trains the view network only. The photometric loss tells the view where
-    to move only within a pixel or two of alignment, and not at all once the
-    canonical albedo has copied a turned input; this regression gives it the
-    whole range from the start, about views of whatever the canonical
-    factors are (a coarse symmetric face early on). Pixels no surface
-    covers take the canonical image's nearest edge (clamped sampling), not
-    black: a black strip on one side would tell the yaw by itself.
+    Each image's predicted canonical depth and albedo (no gradient) are
+    made mirror-symmetric (averaged with their mirror images), shaded under
+    its predicted light and rendered at a random view, uniform within
+    `rerender_view_scale` of each view range; the view network must predict
+    that view: L1 in the encoder's [-1, 1] units, on the components whose
+    range is not 0. It trains the view network only.
+
+    The photometric loss tells the view where to move only within a pixel
+    or two of alignment, and not at all once the canonical albedo has
+    copied a turned input; this regression gives the view network the
+    whole range from the start. The symmetrised object is what makes the
+    target right: whatever pose the predicted factors carry, the view of a
+    symmetric object is the turn of its symmetry plane, which is the
+    canonical frame's definition. Pixels no surface covers show the
+    canonical image at the same pixel, like a background fixed in the
+    camera: a black strip on one side would tell the yaw by itself.
 
     Args:
-      outputs: the dict of `call` (`canon_depth`, `canon_image`).
+      outputs: the dict of `call` (`canon_depth`, `canon_albedo`, `light`,
+        `light_direction`).
+      target: optional `[B, 6]` views in encoder units [-1, 1] to render at
+        instead of random ones (tests).
 
     Returns:
       (sum of absolute errors, number of terms): scalars.
     """
     with tf.name_scope("rerender_view_loss"):
-      depth = tf.stop_gradient(outputs["canon_depth"])
-      image = tf.stop_gradient(value_ranges.to_signed(outputs["canon_image"]))
+      mirror_mean = lambda x: tf.stop_gradient((x + _flip(x)) / 2.0)
+      depth = mirror_mean(outputs["canon_depth"])
+      albedo = mirror_mean(value_ranges.to_signed(outputs["canon_albedo"]))
+      light = tf.stop_gradient(outputs["light"])
+      image = self._shade_decoded(
+          depth, albedo, light[:, 0], light[:, 1],
+          tf.stop_gradient(outputs["light_direction"]))["canon_image"]
       batch = tf.shape(depth)[0]
       ranges = tf.constant([self.xyz_rotation_range] * 3 +
                            [self.xy_translation_range] * 2 +
                            [self.z_translation_range])
       active = tf.cast(ranges > 0, tf.float32)
-      target = tf.random.uniform([batch, 6], -self.rerender_view_scale,
-                                 self.rerender_view_scale) * active
-      view = self.decode_view(target)
-      recon_depth = self.renderer.warp_canon_depth(depth, view)
-      grid = self.renderer.inverse_warp_grid(recon_depth, view)
-      covered = self.renderer.coverage_mask(recon_depth)[..., None]
-      s = self.image_size
-      own = tf.stack(tf.meshgrid(tf.linspace(-1.0, 1.0, s),
-                                 tf.linspace(-1.0, 1.0, s)), axis=-1)
-      grid = covered * grid + (1.0 - covered) * own[None]
-      rendered = tf.stop_gradient(sampling.bilinear_sample(image, grid))
+      if target is None:
+        target = tf.random.uniform([batch, 6], -self.rerender_view_scale,
+                                   self.rerender_view_scale)
+      target = tf.convert_to_tensor(target, tf.float32) * active
+      rendered = tf.stop_gradient(self.rerender(image, depth, target))
       predicted = tf.cast(self.net_view(rendered, training=True), tf.float32)
       error = tf.abs(predicted - target) * active
       return (tf.reduce_sum(error),
               tf.cast(batch, tf.float32) * tf.reduce_sum(active))
+
+  def rerender(self, canon_image, canon_depth, view):
+    """A canonical image seen from `view`, over itself as a fixed backdrop.
+
+    Args:
+      canon_image: `[B, S, S, C]` canonical image (any range).
+      canon_depth: `[B, S, S]` canonical depth in scene units.
+      view: `[B, 6]` view encoder output in [-1, 1].
+
+    Returns:
+      `[B, S, S, C]`: the textured depth mesh warped into the view where
+      it covers a pixel, the canonical image at the same pixel elsewhere.
+    """
+    with tf.name_scope("rerender"):
+      rendered, _, covered = self.renderer.render_view(
+          canon_image, canon_depth, self.decode_view(view))
+      return rendered + (1.0 - covered[..., None]) * canon_image
