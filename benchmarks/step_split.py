@@ -123,10 +123,12 @@ def main(argv):
       weight_decay=gin.query_parameter("train.weight_decay"))
   lam_flip = tf.constant(model.lam_flip)
   lam_depth_sm = tf.constant(model.lam_depth_sm)
+  lam_rerender_view = tf.constant(model.lam_rerender_view)
   # The batch distributed as the training loop's dataset delivers it.
   batch_of = lambda x: strategy.experimental_distribute_values_from_function(
       lambda _: {"image": x})
-  full_step = lambda x: train_step(batch_of(x), lam_flip, lam_depth_sm)[0]
+  full_step = lambda x: train_step(batch_of(x), lam_flip, lam_depth_sm,
+                                   lam_rerender_view)[0]
 
   step = timing.median_seconds(lambda: full_step(x), _STEPS.value)
   if _FULL_ONLY.value:

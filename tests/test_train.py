@@ -290,6 +290,23 @@ def test_the_flip_warmup_eases_from_its_initial_weight_to_lam_flip():
     train_lib.Schedules(1e-4, initial_lam_flip=2.0)
 
 
+def test_the_rerendered_view_weight_starts_late_and_ramps_up():
+  ramp = train_lib.Schedules(1e-4, lam_rerender_view=0.8,
+                             rerender_view_start_step=200,
+                             rerender_view_ramp_steps=100)
+  assert ramp.lam_rerender_view_at(0) == 0.0
+  assert ramp.lam_rerender_view_at(199) == 0.0
+  assert ramp.lam_rerender_view_at(250) == pytest.approx(0.4)
+  weights = [ramp.lam_rerender_view_at(s) for s in range(200, 301, 10)]
+  assert all(a < b for a, b in zip(weights, weights[1:]))
+  assert ramp.lam_rerender_view_at(10_000) == pytest.approx(0.8)
+  # No start and no ramp: the full weight from the first step.
+  assert train_lib.Schedules(
+      1e-4, lam_rerender_view=0.8).lam_rerender_view_at(0) == 0.8
+  with pytest.raises(ValueError, match="rerender_view_start_step"):
+    train_lib.Schedules(1e-4, rerender_view_start_step=-1)
+
+
 def test_a_resumed_epoch_skips_the_batches_it_trained_on():
   # 4 steps an epoch.
   assert train_lib.batches_to_skip(0, 0, 4) == 0
@@ -362,8 +379,8 @@ class _StandIns:
         logs, num_epochs=num_epochs, batch_size=2,
         checkpoint_every_steps=checkpoint_every_steps)
 
-  def _train_step(self, batch, lam_flip, lam_depth_sm):
-    del lam_depth_sm
+  def _train_step(self, batch, lam_flip, lam_depth_sm, lam_rerender_view):
+    del lam_depth_sm, lam_rerender_view
     self.trained.append((int(self.checkpoint.epoch.numpy()), batch["index"],
                          float(lam_flip),
                          float(self.checkpoint.optimizer.learning_rate)))

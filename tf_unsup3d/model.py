@@ -380,7 +380,8 @@ class Unsup3D(keras.Model):
       return outputs
 
   def compute_losses(self, images, outputs, lam_flip=None,
-                     reduce_denominator=None, lam_depth_sm=None):
+                     reduce_denominator=None, lam_depth_sm=None,
+                     lam_rerender_view=None):
     """The paper's training objective (DESIGN section 1).
 
     Args:
@@ -390,6 +391,7 @@ class Unsup3D(keras.Model):
         is switched on).
       lam_depth_sm: overrides the model's lam_depth_sm (a schedule); the
         term is computed only when the model's weight is > 0.
+      lam_rerender_view: likewise for lam_rerender_view.
       reduce_denominator: optional function applied to each loss's
         denominator (mask sum or count). Under a distribution strategy,
         summing it across replicas makes each replica's loss its share of
@@ -441,7 +443,8 @@ class Unsup3D(keras.Model):
                                         lam_flip * terms["multiscale_flip"])
       if self.lam_rerender_view > 0:
         terms["rerender_view"] = ratio(self.rerender_view_loss_sums(outputs))
-        total += self.lam_rerender_view * terms["rerender_view"]
+        total += (self.lam_rerender_view if lam_rerender_view is None
+                  else lam_rerender_view) * terms["rerender_view"]
       if self.lam_depth_sm > 0:
         lam_depth_sm = (self.lam_depth_sm if lam_depth_sm is None
                         else lam_depth_sm)

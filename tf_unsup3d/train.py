@@ -284,6 +284,9 @@ class Schedules:
   lam_flip_start_epoch: int = 0
   initial_lam_flip: Optional[float] = None
   lam_flip_warmup_steps: int = 0
+  lam_rerender_view: float = 0.0
+  rerender_view_start_step: int = 0
+  rerender_view_ramp_steps: int = 0
 
   def __post_init__(self):
     if self.learning_rate_schedule not in ("constant", "cosine"):
@@ -298,6 +301,11 @@ class Schedules:
           "train.initial_lam_flip needs a weight >= 0 and "
           "train.lam_flip_warmup_steps > 0, got "
           f"{self.initial_lam_flip} and {self.lam_flip_warmup_steps}.")
+    if self.rerender_view_start_step < 0 or self.rerender_view_ramp_steps < 0:
+      raise ValueError(
+          "train.rerender_view_start_step and train.rerender_view_ramp_steps "
+          f"must be >= 0, got {self.rerender_view_start_step} and "
+          f"{self.rerender_view_ramp_steps}.")
 
   def at(self, fraction):
     """(learning rate, depth-prior weight) with `fraction` of the budget
@@ -325,6 +333,19 @@ class Schedules:
       return float(cosine_schedule(self.initial_lam_flip, self.lam_flip,
                                    step / self.lam_flip_warmup_steps))
     return 1.0 if epoch < self.lam_flip_start_epoch else self.lam_flip
+
+  def lam_rerender_view_at(self, step):
+    """The re-rendered view term's weight at `step` (over resumed runs):
+    0 before rerender_view_start_step, then rising along half a cosine to
+    `Unsup3D.lam_rerender_view` over rerender_view_ramp_steps steps."""
+    if step < self.rerender_view_start_step:
+      return 0.0
+    if self.rerender_view_ramp_steps == 0:
+      return self.lam_rerender_view
+    return float(cosine_schedule(
+        0.0, self.lam_rerender_view,
+        min((step - self.rerender_view_start_step) /
+            self.rerender_view_ramp_steps, 1.0)))
 
 
 def cpu_has_fast_bfloat16(cpuinfo="/proc/cpuinfo"):
@@ -482,16 +503,16 @@ def make_train_step(model, optimizer, strategy, weight_decay=5e-4,
       (with more than one replica a warning says it is not applied).
 
   Returns:
-    `step(batch, lam_flip, lam_depth_sm) -> (terms, view, light)`: `batch`
-    a distributed {'image': `[B, S, S, 3]` in [0, 1], ...}, `lam_flip` and
-    `lam_depth_sm` float32 scalars. `terms` maps each loss term to its value
+    `step(batch, lam_flip, lam_depth_sm, lam_rerender_view) -> (terms,
+    view, light)`: `batch` a distributed {'image': `[B, S, S, 3]` in
+    [0, 1], ...}, the loss weights float32 scalars. `terms` maps each loss term to its value
     on the global batch (ratios of sums over the replicas), `view` `[B, 6]`
     and `light` `[B, 4]` are the predictions on the global batch.
   """
   variables = model.trainable_variables
   num_replicas = strategy.num_replicas_in_sync
 
-  def replica_step(images, lam_flip, lam_depth_sm):
+  def replica_step(images, lam_flip, lam_depth_sm, lam_rerender_view):
     context = tf.distribute.get_replica_context()
     reduce = None
     if num_replicas > 1:  # Ratios of sums over the global batch.
@@ -500,7 +521,8 @@ def make_train_step(model, optimizer, strategy, weight_decay=5e-4,
       outputs = model(images, training=True)
       terms = model.compute_losses(images, outputs, lam_flip,
                                    reduce_denominator=reduce,
-                                   lam_depth_sm=lam_depth_sm)
+                                   lam_depth_sm=lam_depth_sm,
+                                   lam_rerender_view=lam_rerender_view)
     grads = tape.gradient(terms["total"], variables)
     # Gradients are summed over replicas, so each adds its share of the decay.
     # Weights outside the loss (e.g. the perceptual confidence head when
@@ -517,17 +539,16 @@ def make_train_step(model, optimizer, strategy, weight_decay=5e-4,
   elif jit_compile:
     replica_step = tf.function(replica_step, jit_compile=True)
 
-  def apply_step(batch, lam_flip, lam_depth_sm):
-    terms, grads, view, light = replica_step(batch["image"], lam_flip,
-                                             lam_depth_sm)
+  def apply_step(batch, *weights):
+    terms, grads, view, light = replica_step(batch["image"], *weights)
     optimizer.apply_gradients(
         [(g, v) for g, v in zip(grads, variables) if g is not None])
     return terms, view, light
 
   @tf.function
-  def distributed_step(batch, lam_flip, lam_depth_sm):
-    terms, view, light = strategy.run(apply_step,
-                                      args=(batch, lam_flip, lam_depth_sm))
+  def distributed_step(batch, lam_flip, lam_depth_sm, lam_rerender_view):
+    terms, view, light = strategy.run(
+        apply_step, args=(batch, lam_flip, lam_depth_sm, lam_rerender_view))
     terms = {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
              for k, v in terms.items()}
     gather = lambda t: strategy.gather(t, axis=0)
@@ -572,7 +593,7 @@ class TensorBoardLogs:
     self._images_step = None  # the step of the newest factor images
 
   def write_step(self, step, terms, rate, learning_rate, lam_depth_sm, view,
-                 light, lam_flip=None):
+                 light, lam_flip=None, lam_rerender_view=None):
     """The summaries of training step `step` that fall due.
 
     Args:
@@ -583,6 +604,7 @@ class TensorBoardLogs:
       view: `[B, 6]` (rx, ry, rz in radians, tx, ty, tz).
       light: `[B, 4]` (ambient, diffuse, dx, dy).
       lam_flip: the step's flip-term weight, or None.
+      lam_rerender_view: the step's re-rendered view weight, or None.
     """
     if step % self.every_steps == 0:
       with self.writer.as_default(step=step):
@@ -593,6 +615,8 @@ class TensorBoardLogs:
         tf.summary.scalar("schedule/lam_depth_sm", lam_depth_sm)
         if lam_flip is not None:
           tf.summary.scalar("schedule/lam_flip", lam_flip)
+        if lam_rerender_view is not None:
+          tf.summary.scalar("schedule/lam_rerender_view", lam_rerender_view)
         tf.summary.histogram("view/rotation_deg", view[:, :3] * 180 / np.pi)
         tf.summary.histogram("view/translation", view[:, 3:])
         tf.summary.histogram("light/ambient_diffuse", light[:, :2])
@@ -652,6 +676,7 @@ class Runner:
     self.learning_rate, self.lam_depth_sm = schedules.at(
         budget.fraction(self.start_step))
     self.lam_flip = schedules.lam_flip_at(self.epoch, self.start_step)
+    self.lam_rerender_view = schedules.lam_rerender_view_at(self.start_step)
     self.last_terms, self.val_scores = {}, {}
     self._saved = None  # (step, epoch) of this run's newest checkpoint
 
@@ -691,7 +716,7 @@ class Runner:
                               ("img/s", rate)])
       self.logs.write_step(self.step, self.last_terms, rate,
                            self.learning_rate, self.lam_depth_sm, view, light,
-                           self.lam_flip)
+                           self.lam_flip, self.lam_rerender_view)
       if self.step % self.checkpoint_every_steps == 0:
         self.save()
       if self.budget.spent(self.step):
@@ -710,10 +735,12 @@ class Runner:
     self.learning_rate, self.lam_depth_sm = self.schedules.at(
         self.budget.fraction(self.step))
     self.lam_flip = self.schedules.lam_flip_at(self.epoch, self.step)
+    self.lam_rerender_view = self.schedules.lam_rerender_view_at(self.step)
     self.checkpoint.optimizer.learning_rate.assign(self.learning_rate)
     terms, view, light = self.train_step(
         batch, tf.constant(self.lam_flip, tf.float32),
-        tf.constant(self.lam_depth_sm, tf.float32))
+        tf.constant(self.lam_depth_sm, tf.float32),
+        tf.constant(self.lam_rerender_view, tf.float32))
     self.checkpoint.step.assign_add(1)
     loss = float(terms["total"])
     if not np.isfinite(loss):
@@ -786,6 +813,7 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
           learning_rate_schedule="constant", final_learning_rate_ratio=0.0,
           final_lam_depth_sm=None, lam_flip_start_epoch=0,
           initial_lam_flip=None, lam_flip_warmup_steps=0,
+          rerender_view_start_step=0, rerender_view_ramp_steps=0,
           jit_compile=False, mixed_precision=False, keep_checkpoints=3,
           checkpoint_every_steps=1000, summary_every_steps=50,
           image_summary_every_steps=500, max_steps=None, max_seconds=None,
@@ -819,6 +847,12 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
       symmetric canonical image cheaper than copying the input, so the
       view, not the albedo, explains a turned face early on.
     lam_flip_warmup_steps: see initial_lam_flip, > 0 with it.
+    rerender_view_start_step: the re-rendered view term
+      (`Unsup3D.lam_rerender_view`) weighs 0 before this step, so that the
+      canonical depth has relief before the view network learns to read
+      its turns (a flat depth turned shows no yaw).
+    rerender_view_ramp_steps: then its weight rises to
+      `Unsup3D.lam_rerender_view` along half a cosine over this many steps.
     jit_compile: compile each replica's step with XLA.
     mixed_precision: run the networks in mixed bfloat16 (rendering and
       losses stay float32).
@@ -847,7 +881,10 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
       lam_depth_sm=model.lam_depth_sm, final_lam_depth_sm=final_lam_depth_sm,
       lam_flip=model.lam_flip, lam_flip_start_epoch=lam_flip_start_epoch,
       initial_lam_flip=initial_lam_flip,
-      lam_flip_warmup_steps=lam_flip_warmup_steps)
+      lam_flip_warmup_steps=lam_flip_warmup_steps,
+      lam_rerender_view=model.lam_rerender_view,
+      rerender_view_start_step=rerender_view_start_step,
+      rerender_view_ramp_steps=rerender_view_ramp_steps)
   manager = restore(checkpoint, model_dir, output_dir, keep_checkpoints)
   data = prepare_data(strategy, model_dir, checkpoint.epoch.numpy,
                       batch_size, seed, generate_synthetic_data)
