@@ -468,8 +468,8 @@ class Unsup3D(keras.Model):
 
     The photometric loss tells the view where to move only within a pixel
     or two of alignment, and not at all once the canonical albedo has
-    copied a turned input; this regression gives the view network the
-    whole range from the start. The symmetrised object is what makes the
+    copied a turned input; this regression covers the whole view range.
+    The symmetrised object is what makes the
     target right: whatever pose the predicted factors carry, the view of a
     symmetric object is the turn of its symmetry plane, which is the
     canonical frame's definition. Pixels no surface covers show the
