@@ -120,6 +120,42 @@ def test_depth_smoothness_of_ramp_and_constant():
   assert float(losses.depth_smoothness(tf.ones([2, 4, 4]), 0.9, 1.1)) == 0.0
 
 
+def test_second_order_depth_smoothness_against_loops():
+  # Zero on any plane; on a parabola d = c x^2 every second difference
+  # along x is 2c; otherwise a brute-force double loop.
+  y, x = np.mgrid[0:6, 0:7].astype(np.float32)
+  plane = (1.0 + 0.01 * x - 0.02 * y)[None]
+  assert float(losses.depth_smoothness(t(plane), 0.9, 1.1, order=2)) == (
+      pytest.approx(0.0, abs=2e-6))  # float32 rounding of values near 1
+  parabola = (0.003 * x ** 2)[None]
+  assert float(losses.depth_smoothness(t(parabola), 0.9, 1.1, order=2)) == (
+      pytest.approx(0.006 / 0.2, rel=1e-4))
+  depth = np.random.default_rng(3).uniform(0.9, 1.1, (2, 5, 6))
+  expected = 0.0
+  for d in depth:
+    rows = [abs(d[i + 1, j] - 2 * d[i, j] + d[i - 1, j])
+            for i in range(1, 4) for j in range(6)]
+    cols = [abs(d[i, j + 1] - 2 * d[i, j] + d[i, j - 1])
+            for i in range(5) for j in range(1, 5)]
+    expected += (np.mean(rows) + np.mean(cols)) / 0.2
+  got = losses.depth_smoothness(t(depth), 0.9, 1.1, order=2)
+  assert float(got) == pytest.approx(expected / 2, rel=1e-4)
+
+
+def test_second_order_prior_charges_a_dome_less_than_ripples():
+  # The property the option exists for: against total variation, a broad
+  # dome costs much less relative to short ripples of equal total variation.
+  y, x = np.mgrid[0:64, 0:64].astype(np.float32)
+  dome = t((1.0 - 0.09 * np.exp(-((x - 32) ** 2 + (y - 32) ** 2) / 400))[None])
+  ripple = t((1.0 + 0.005 * np.sin(2 * np.pi * x / 6))[None])
+  ratio = {order: float(losses.depth_smoothness(dome, 0.9, 1.1, order)) /
+           float(losses.depth_smoothness(ripple, 0.9, 1.1, order))
+           for order in (1, 2)}
+  assert ratio[1] > 0.5 and ratio[2] < ratio[1] / 5
+  with pytest.raises(ValueError, match="order"):
+    losses.depth_smoothness(dome, 0.9, 1.1, order=3)
+
+
 def test_rank_errors_name_the_argument():
   with pytest.raises(ValueError, match="mask"):
     losses.photometric_loss(tf.zeros([1, 2, 2, 3]), tf.zeros([1, 2, 2, 3]),

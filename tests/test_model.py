@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tf_unsup3d import losses
 from tf_unsup3d import model as model_lib
 
 S = 64
@@ -163,6 +164,21 @@ def test_losses_combine_with_the_paper_weights():
   assert lam1 == pytest.approx(
       expected + 0.7 * terms["photometric_flip"] +
       0.7 * 0.7 * terms["perceptual_flip"], rel=1e-5)
+
+
+def test_depth_smoothness_order_selects_the_prior():
+  x = images()
+  first = tiny_model(lam_perc=0.0, lam_depth_sm=0.2)
+  out = first(x)
+  second = tiny_model(lam_perc=0.0, lam_depth_sm=0.2, depth_smoothness_order=2)
+  second(x)
+  second.set_weights(first.get_weights())
+  terms = second.compute_losses(x, second(x))
+  assert float(terms["depth_smoothness"]) == pytest.approx(float(
+      losses.depth_smoothness(out["canon_depth_unbordered"], 0.9, 1.1,
+                              order=2)), rel=1e-5)
+  with pytest.raises(ValueError, match="depth_smoothness_order"):
+    tiny_model(depth_smoothness_order=0)
 
 
 def test_no_perceptual_terms_and_no_vgg_without_lam_perc():

@@ -137,24 +137,36 @@ def multiscale_photometric_loss(im1, im2, mask, factors=(2, 4, 8)):
   return numerator / denominator
 
 
-def depth_smoothness_sums(depth, min_depth, max_depth):
+def depth_smoothness_sums(depth, min_depth, max_depth, order=1):
   """`depth_smoothness` as (sum of per-image terms, number of images)."""
   with tf.name_scope("depth_smoothness"):
     shapes.check_shape(depth, "depth", ("B", "H", "W"))
+    if order not in (1, 2):
+      raise ValueError(f"depth smoothness order must be 1 or 2, got {order}.")
     scale = max_depth - min_depth
-    vertical = tf.reduce_mean(tf.abs(depth[:, :-1, :] - depth[:, 1:, :]),
-                              axis=[1, 2])
-    horizontal = tf.reduce_mean(tf.abs(depth[:, :, :-1] - depth[:, :, 1:]),
-                                axis=[1, 2])
+    vertical, horizontal = depth, depth
+    for _ in range(order):
+      vertical = vertical[:, 1:, :] - vertical[:, :-1, :]
+      horizontal = horizontal[:, :, 1:] - horizontal[:, :, :-1]
+    per_image = (tf.reduce_mean(tf.abs(vertical), axis=[1, 2]) +
+                 tf.reduce_mean(tf.abs(horizontal), axis=[1, 2]))
     count = tf.cast(tf.shape(depth)[0], depth.dtype)
-    return tf.reduce_sum(vertical + horizontal) / scale, count
+    return tf.reduce_sum(per_image) / scale, count
 
 
-def depth_smoothness(depth, min_depth, max_depth):
-  """Total-variation prior on depth `[B, H, W]`, normalised by the depth range.
+def depth_smoothness(depth, min_depth, max_depth, order=1):
+  """Smoothness prior on depth `[B, H, W]`, normalised by the depth range.
 
-  mean |d[:, :-1] - d[:, 1:]| + mean |d[:, :, :-1] - d[:, :, 1:]|, each
-  divided by (max_depth - min_depth). Scalar >= 0.
+  order 1, total variation (the reference's term):
+    mean |d[:, 1:] - d[:, :-1]| + mean |d[:, :, 1:] - d[:, :, :-1]|.
+  order 2, the same on second differences,
+    mean |d[:, 2:] - 2 d[:, 1:-1] + d[:, :-2]| + (the same across columns):
+    zero on any plane, so it leaves a tilt or a broad dome nearly free while
+    a ripple of wavelength L pixels costs about 2 pi / L times its
+    total variation; total variation charges a relief h about h per
+    crossing whatever its shape, and favours cones and pyramids.
+  Each is divided by (max_depth - min_depth). Scalar >= 0.
   """
-  numerator, denominator = depth_smoothness_sums(depth, min_depth, max_depth)
+  numerator, denominator = depth_smoothness_sums(depth, min_depth, max_depth,
+                                                 order)
   return numerator / denominator

@@ -115,6 +115,7 @@ class Unsup3D(keras.Model):
                lam_perc=1.0,
                lam_flip=0.5,
                lam_depth_sm=0.0,
+               depth_smoothness_order=1,
                lam_multiscale=0.0,
                multiscale_factors=(2, 4, 8),
                lam_rerender_view=0.0,
@@ -143,6 +144,9 @@ class Unsup3D(keras.Model):
       use_conf_map: predict confidence maps (heteroscedastic losses).
       lam_perc, lam_flip, lam_depth_sm: loss weights. lam_perc = 0 removes
         the VGG16 perceptual loss and its weights.
+      depth_smoothness_order: the depth prior on first differences (1,
+        total variation, the reference's) or second differences (2); see
+        `losses.depth_smoothness`.
       lam_multiscale: weight of the photometric loss on average-pooled
         images (0 in the paper; see `losses.multiscale_photometric_loss_sums`).
       multiscale_factors: its pooling factors (divisors of image_size).
@@ -181,6 +185,11 @@ class Unsup3D(keras.Model):
     self.lam_perc = float(lam_perc)
     self.lam_flip = float(lam_flip)
     self.lam_depth_sm = float(lam_depth_sm)
+    if depth_smoothness_order not in (1, 2):
+      raise ValueError("depth_smoothness_order must be 1 (total variation) "
+                       f"or 2 (second differences), got "
+                       f"{depth_smoothness_order!r}.")
+    self.depth_smoothness_order = int(depth_smoothness_order)
     self.lam_multiscale = float(lam_multiscale)
     self.multiscale_factors = tuple(int(k) for k in multiscale_factors)
     for k in self.multiscale_factors:
@@ -451,7 +460,7 @@ class Unsup3D(keras.Model):
         # Before the border is fixed, like the reference.
         terms["depth_smoothness"] = ratio(losses.depth_smoothness_sums(
             outputs["canon_depth_unbordered"], self.min_depth,
-            self.max_depth))
+            self.max_depth, self.depth_smoothness_order))
         total += lam_depth_sm * terms["depth_smoothness"]
       terms["total"] = total
       return terms
