@@ -119,6 +119,25 @@ def test_inverse_warp_undoes_warp_both_ways():
                              points.numpy(), atol=1e-5)
 
 
+def test_composed_view_warps_like_the_two_in_turn():
+  rng = np.random.default_rng(11)
+  random_views = lambda: tf.constant(np.concatenate(
+      [rng.uniform(-1.2, 1.2, (6, 3)), rng.uniform(-0.2, 0.2, (6, 3))], 1),
+      tf.float32)
+  inner, outer = random_views(), random_views()
+  points = tf.constant(rng.uniform(-1, 2, (6, 9, 3)), tf.float32)
+  composed = transforms.compose_views(outer, inner)
+  np.testing.assert_allclose(
+      transforms.warp_points(transforms.warp_points(points, inner, 1.0),
+                             outer, 1.0).numpy(),
+      transforms.warp_points(points, composed, 1.0).numpy(), atol=1e-5)
+  # Two turns about the vertical axis add up.
+  yaw = lambda a: tf.constant([[0.0, a, 0.0, 0.0, 0.0, 0.0]])
+  np.testing.assert_allclose(
+      transforms.compose_views(yaw(0.3), yaw(-0.5)).numpy(), yaw(-0.2).numpy(),
+      atol=1e-6)
+
+
 def test_bad_view_shape_is_rejected():
   """A view must be [B, 6]; [B, 3] or [6] is a ValueError."""
   with pytest.raises(ValueError, match=r"\[B, 6\]"):

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from tf_unsup3d import model as model_lib
 from tf_unsup3d.data import synthetic
+from tf_unsup3d.rendering import transforms
 
 S = 64
 
@@ -124,6 +125,47 @@ def test_loss_sees_only_the_mirror_symmetric_part_of_the_factors():
   np.testing.assert_allclose(loss(albedo, depth), mirrored, rtol=1e-5)
   assert abs(loss(albedo, depth + 0.05 * rng.uniform(size=depth.shape)) -
              mirrored) > 1e-6  # the loss does depend on the factors
+
+
+def test_equivariance_term_is_the_error_of_the_turned_input_view():
+  # Brute force: render the input on its reconstructed depth turned by T,
+  # and compare the view network's reading with T composed with the
+  # prediction for the input, in encoder units.
+  model = tiny_model(lam_rerender_view=1.0, z_translation_range=0.0)
+  rng = np.random.default_rng(9)
+  x = tf.constant(rng.uniform(0, 1, (3, S, S, 3)).astype(np.float32))
+  out = model(x)
+  turn = tf.constant(np.concatenate([rng.uniform(-0.5, 0.5, (3, 5)),
+                                     np.zeros((3, 1))], 1), tf.float32)
+  total, count = model.view_equivariance_loss_sums(x, out, turn)
+  assert float(count) == 3 * 5
+  rendered = model.rerender(x * 2.0 - 1.0, out["recon_depth"], turn)
+  composed = transforms.compose_views(model.decode_view(turn), out["view"])
+  scale = np.array([math.radians(60.0)] * 3 + [0.1, 0.1])
+  target = np.clip(composed.numpy()[:, :5] / scale, -1, 1)
+  error = np.abs(model.net_view(rendered).numpy()[:, :5] - target)
+  np.testing.assert_allclose(float(total), error.sum(), rtol=1e-4)
+
+
+def test_equivariance_term_joins_the_rerendered_view_term_and_trains_views():
+  rng = np.random.default_rng(10)
+  x = tf.constant(rng.uniform(0, 1, (2, S, S, 3)).astype(np.float32))
+  model = tiny_model(lam_rerender_view=1.0, rerender_view_equivariance=True)
+  with tf.GradientTape() as tape:
+    out = model(x, training=True)
+    tf.random.set_seed(12)
+    with_turns = model.compute_losses(x, out)["rerender_view"]
+  grads = tape.gradient(with_turns, model.trainable_variables)
+  view_ids = {id(v) for v in model.net_view.trainable_variables}
+  assert all((g is not None) == (id(v) in view_ids)
+             for v, g in zip(model.trainable_variables, grads))
+  tf.random.set_seed(12)
+  canonical = model.rerender_view_loss_sums(out)
+  equivariance = model.view_equivariance_loss_sums(x, out)
+  np.testing.assert_allclose(
+      float(with_turns),
+      float((canonical[0] + equivariance[0]) / (canonical[1] + equivariance[1])),
+      rtol=1e-5)
 
 
 def test_scale_outside_0_1_is_value_error():

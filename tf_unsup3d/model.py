@@ -13,6 +13,7 @@ from tf_unsup3d import value_ranges
 from tf_unsup3d.rendering import renderer as renderer_lib
 from tf_unsup3d.rendering import sampling
 from tf_unsup3d.rendering import shading
+from tf_unsup3d.rendering import transforms
 
 
 def _flip(x):
@@ -120,6 +121,7 @@ class Unsup3D(keras.Model):
                multiscale_factors=(2, 4, 8),
                lam_rerender_view=0.0,
                rerender_view_scale=0.5,
+               rerender_view_equivariance=False,
                nf=64,
                zdim=256,
                light_view_nf=32,
@@ -154,6 +156,10 @@ class Unsup3D(keras.Model):
         images (0 in the paper; see `rerender_view_loss_sums`).
       rerender_view_scale: the re-rendering views are uniform within this
         fraction, in (0, 1], of each view range (xyz_rotation_range, ...).
+      rerender_view_equivariance: the term also renders each input image,
+        on its reconstructed depth, turned by a random view within the same
+        ranges, and asks the view network for the turn composed with its
+        own prediction for the input (see `view_equivariance_loss_sums`).
       nf, zdim: width and bottleneck of the depth and albedo nets (64, 256).
       light_view_nf: width of the light and view encoders (32).
       conf_zdim: bottleneck of the confidence net (128, width nf).
@@ -198,6 +204,7 @@ class Unsup3D(keras.Model):
                          f"{image_size} and be >= 2, got {k}.")
     self.lam_rerender_view = float(lam_rerender_view)
     self.rerender_view_scale = float(rerender_view_scale)
+    self.rerender_view_equivariance = bool(rerender_view_equivariance)
     if not 0.0 < self.rerender_view_scale <= 1.0:
       raise ValueError(f"rerender_view_scale must be in (0, 1], got "
                        f"{rerender_view_scale}.")
@@ -451,7 +458,11 @@ class Unsup3D(keras.Model):
         total += self.lam_multiscale * (terms["multiscale"] +
                                         lam_flip * terms["multiscale_flip"])
       if self.lam_rerender_view > 0:
-        terms["rerender_view"] = ratio(self.rerender_view_loss_sums(outputs))
+        sums = self.rerender_view_loss_sums(outputs)
+        if self.rerender_view_equivariance:
+          extra = self.view_equivariance_loss_sums(images, outputs)
+          sums = (sums[0] + extra[0], sums[1] + extra[1])
+        terms["rerender_view"] = ratio(sums)
         total += (self.lam_rerender_view if lam_rerender_view is None
                   else lam_rerender_view) * terms["rerender_view"]
       if self.lam_depth_sm > 0:
@@ -503,15 +514,63 @@ class Unsup3D(keras.Model):
           depth, albedo, light[:, 0], light[:, 1],
           tf.stop_gradient(outputs["light_direction"]))["canon_image"]
       batch = tf.shape(depth)[0]
-      ranges = tf.constant([self.xyz_rotation_range] * 3 +
-                           [self.xy_translation_range] * 2 +
-                           [self.z_translation_range])
-      active = tf.cast(ranges > 0, tf.float32)
+      active = self._active_view_components()
       if target is None:
-        target = tf.random.uniform([batch, 6], -self.rerender_view_scale,
-                                   self.rerender_view_scale)
+        target = self._random_views(batch)
       target = tf.convert_to_tensor(target, tf.float32) * active
       rendered = tf.stop_gradient(self.rerender(image, depth, target))
+      predicted = tf.cast(self.net_view(rendered, training=True), tf.float32)
+      error = tf.abs(predicted - target) * active
+      return (tf.reduce_sum(error),
+              tf.cast(batch, tf.float32) * tf.reduce_sum(active))
+
+  def _active_view_components(self):
+    """`[6]` 1 for view components whose range is not 0, else 0."""
+    ranges = tf.constant([self.xyz_rotation_range] * 3 +
+                         [self.xy_translation_range] * 2 +
+                         [self.z_translation_range])
+    return tf.cast(ranges > 0, tf.float32)
+
+  def _random_views(self, batch):
+    """`[batch, 6]` encoder-unit views uniform within rerender_view_scale."""
+    return tf.random.uniform([batch, 6], -self.rerender_view_scale,
+                             self.rerender_view_scale)
+
+  def view_equivariance_loss_sums(self, images, outputs, turn=None):
+    """Relative view consistency on the inputs re-rendered at a turn.
+
+    Each input image, as a texture on its reconstructed depth (no
+    gradient), is turned by a random view T (uniform within
+    `rerender_view_scale` of each range) over itself as a fixed backdrop;
+    the view network must predict T composed with its own prediction V
+    for the input (`transforms.compose_views(T, V)`, V without gradient):
+    L1 in encoder units, clipped to [-1, 1], on the active components. It
+    asks for the view's scale rather than its zero: a prediction shrunk
+    towards frontal by a factor k reads a turn T as k T. It trains the view
+    network only.
+
+    Args:
+      images: `[B, S, S, 3]` the inputs, in [0, 1].
+      outputs: the dict of `call` (`recon_depth`, `view`).
+      turn: optional `[B, 6]` turns in encoder units [-1, 1] (tests).
+
+    Returns:
+      (sum of absolute errors, number of terms): scalars.
+    """
+    with tf.name_scope("view_equivariance_loss"):
+      x = tf.stop_gradient(value_ranges.to_signed(self._check_images(images)))
+      depth = tf.stop_gradient(outputs["recon_depth"])
+      batch = tf.shape(depth)[0]
+      active = self._active_view_components()
+      if turn is None:
+        turn = self._random_views(batch)
+      turn = tf.convert_to_tensor(turn, tf.float32) * active
+      composed = transforms.compose_views(
+          self.decode_view(turn), tf.stop_gradient(outputs["view"]))
+      unit = self.decode_view(tf.ones([1, 6]))
+      target = tf.clip_by_value(
+          tf.math.divide_no_nan(composed, unit), -1.0, 1.0) * active
+      rendered = tf.stop_gradient(self.rerender(x, depth, turn))
       predicted = tf.cast(self.net_view(rendered, training=True), tf.float32)
       error = tf.abs(predicted - target) * active
       return (tf.reduce_sum(error),

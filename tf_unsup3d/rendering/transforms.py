@@ -6,6 +6,7 @@ about the centre C = (0, 0, rot_center_depth): P' = R (P - C) + C + t.
 """
 
 import tensorflow as tf
+from tensorflow_graphics.geometry.transformation import euler
 from tensorflow_graphics.geometry.transformation import rotation_matrix_3d
 
 from tf_unsup3d import shapes
@@ -48,3 +49,25 @@ def inverse_warp_points(points, view, rot_center_depth):
     center = tf.constant([0.0, 0.0, rot_center_depth], tf.float32)
     shifted = points - view[:, None, 3:] - center
     return tf.einsum("bji,bnj->bni", rotation_matrix(view), shifted) + center
+
+
+def compose_views(outer, inner):
+  """The view that warps like `inner` followed by `outer`.
+
+  warp_points(warp_points(P, inner), outer) = warp_points(P, composed) for
+  the same rotation centre: R = R_outer R_inner, t = R_outer t_inner +
+  t_outer, the rotation returned as Euler angles of R = Rz Ry Rx (exact
+  while |ry| < 90 degrees).
+
+  Args:
+    outer, inner: `[B, 6]` view vectors (radians, scene units).
+
+  Returns:
+    `[B, 6]` composed view.
+  """
+  with tf.name_scope("compose_views"):
+    outer, inner = _check_view(outer), _check_view(inner)
+    r_outer = rotation_matrix(outer)
+    rotation = tf.matmul(r_outer, rotation_matrix(inner))
+    translation = tf.einsum("bij,bj->bi", r_outer, inner[:, 3:]) + outer[:, 3:]
+    return tf.concat([euler.from_rotation_matrix(rotation), translation], -1)
