@@ -137,11 +137,15 @@ def multiscale_photometric_loss(im1, im2, mask, factors=(2, 4, 8)):
   return numerator / denominator
 
 
+# Orders of `depth_smoothness`: first (total variation) or second differences.
+DEPTH_SMOOTHNESS_ORDERS = (1, 2)
+
+
 def depth_smoothness_sums(depth, min_depth, max_depth, order=1):
   """`depth_smoothness` as (sum of per-image terms, number of images)."""
   with tf.name_scope("depth_smoothness"):
     shapes.check_shape(depth, "depth", ("B", "H", "W"))
-    if order not in (1, 2):
+    if order not in DEPTH_SMOOTHNESS_ORDERS:
       raise ValueError(f"depth smoothness order must be 1 or 2, got {order}.")
     scale = max_depth - min_depth
     vertical, horizontal = depth, depth

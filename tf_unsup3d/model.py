@@ -191,7 +191,7 @@ class Unsup3D(keras.Model):
     self.lam_perc = float(lam_perc)
     self.lam_flip = float(lam_flip)
     self.lam_depth_sm = float(lam_depth_sm)
-    if depth_smoothness_order not in (1, 2):
+    if depth_smoothness_order not in losses.DEPTH_SMOOTHNESS_ORDERS:
       raise ValueError("depth_smoothness_order must be 1 (total variation) "
                        f"or 2 (second differences), got "
                        f"{depth_smoothness_order!r}.")
