@@ -147,14 +147,15 @@ def factor_explainers(true, predicted):
 
 
 def loss_weights(lam_flip, lam_perc, lam_depth_sm, lam_multiscale=0.0,
-                 lam_rerender_view=0.0):
+                 lam_rerender_view=0.0, lam_depth_deviation=0.0):
   """Weight of each loss term in the total (DESIGN section 1)."""
   return {"photometric": 1.0, "photometric_flip": lam_flip,
           "perceptual": lam_perc, "perceptual_flip": lam_perc * lam_flip,
           "multiscale": lam_multiscale,
           "multiscale_flip": lam_multiscale * lam_flip,
           "rerender_view": lam_rerender_view,
-          "depth_smoothness": lam_depth_sm}
+          "depth_smoothness": lam_depth_sm,
+          "depth_deviation": lam_depth_deviation}
 
 
 def loss_shares(terms, weights):
@@ -185,6 +186,48 @@ def relief(depth, mask):
   high = np.where(mask, depth, -np.inf).max(axis=(1, 2))
   low = np.where(mask, depth, np.inf).min(axis=(1, 2))
   return np.where(mask.any(axis=(1, 2)), high - low, np.nan)
+
+
+def mean_shape_scores(renderer, depth_gt, canon_depth, views, batch_size=64):
+  """Scores of the model's mean canonical depth at each face's own view.
+
+  Every face's canonical depth is replaced by the mean over the split and
+  rendered at that face's predicted view, so the row tells the shape the
+  faces share from what each face adds: below the model's own scores, the
+  per-face part of the depth costs more than it explains.
+
+  Args:
+    renderer: the model's `Renderer`.
+    depth_gt: `[N, S, S]` ground-truth depth.
+    canon_depth: `[N, S, S]` predicted canonical depth (scene units).
+    views: `[N, 6]` predicted views, decoded (`Unsup3D.decode_view`).
+    batch_size: images per rendering call.
+
+  Returns:
+    {"side", "mad", "side_ratio", "mad_ratio"}: means over the images with
+    valid pixels, and each to the better baseline on the same pixels.
+  """
+  template = tf.constant(np.mean(canon_depth, axis=0), tf.float32)
+  reference = tf.constant(np.mean(depth_gt, axis=0), tf.float32)
+  sums = {}
+  for start in range(0, len(depth_gt), batch_size):
+    part = slice(start, start + batch_size)
+    views_part = tf.constant(views[part], tf.float32)
+    shapes = tf.broadcast_to(template, [views_part.shape[0], *template.shape])
+    scores = evaluate_lib.score_batch(
+        renderer, tf.constant(depth_gt[part], tf.float32),
+        renderer.warp_canon_depth(shapes, views_part), reference)
+    for method, per_metric in scores.items():
+      for metric in METRICS:
+        sums.setdefault((method, metric), []).append(
+            np.asarray(per_metric[metric]))
+  mean = {k: float(np.nanmean(np.concatenate(v))) for k, v in sums.items()}
+  result = {}
+  for metric in METRICS:
+    better = min(mean[(m, metric)] for m in BASELINES)
+    result[metric] = mean[("model", metric)]
+    result[f"{metric}_ratio"] = mean[("model", metric)] / better
+  return result
 
 
 def read_true_views(path, indices):
@@ -604,6 +647,13 @@ def format_stage(stage):
                  f"{_fmt(r['mad_ratio'], '6.2f')} "
                  f"{_fmt(r.get('mad_acos_mean'), '9.2f')} "
                  f"{_fmt(r.get('mad_acos_ratio'), '6.2f')}")
+  if stage.get("mean_shape"):  # absent from stages of older reports
+    ms = stage["mean_shape"]
+    lines.append(
+        f"{'  mean canonical depth':22s} {_fmt(ms['side'], '11.3f', 100)} "
+        f"{_fmt(ms['side_ratio'], '6.2f')} {_fmt(ms['mad'], '9.2f')} "
+        f"{_fmt(ms['mad_ratio'], '6.2f')}   (the model's mean canonical "
+        f"depth at each face's predicted view)")
   if stage.get("view"):
     parts = [f"{name} r {_fmt(fit['correlation'], '.2f')}, slope "
              f"{_fmt(fit['slope'], '.2f')}" for name, fit in
@@ -745,7 +795,7 @@ def measure_stage(model, test, summary, budget, previous_minutes,
   weights = loss_weights(
       1.0 if summary["epochs"] < lam_flip_start_epoch else model.lam_flip,
       model.lam_perc, summary.get("lam_depth_sm", model.lam_depth_sm),
-      model.lam_multiscale, model.lam_rerender_view)
+      model.lam_multiscale, model.lam_rerender_view, model.lam_depth_deviation)
   gt = test["depth"]
   gt_face = metrics.erode_mask(metrics.foreground_mask(gt)).numpy()
   eval_mask = metrics.evaluation_mask(gt, out["recon_mask"]).numpy()
@@ -762,6 +812,8 @@ def measure_stage(model, test, summary, budget, previous_minutes,
       "num_test_images": table["model"]["n"], "test": table,
       "view": None, "view_note": test["view_note"],
       "relief": {k: float(np.nanmean(relief(*v))) for k, v in reliefs.items()},
+      "mean_shape": mean_shape_scores(model.renderer, gt, out["canon_depth"],
+                                      out["view"]),
       "loss_terms": terms, "loss_weights": weights,
       "loss_total": summary.get("loss/total"),
       "loss_shares": loss_shares(terms, weights),

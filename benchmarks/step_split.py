@@ -124,11 +124,12 @@ def main(argv):
   lam_flip = tf.constant(model.lam_flip)
   lam_depth_sm = tf.constant(model.lam_depth_sm)
   lam_rerender_view = tf.constant(model.lam_rerender_view)
+  lam_depth_deviation = tf.constant(model.lam_depth_deviation)
   # The batch distributed as the training loop's dataset delivers it.
   batch_of = lambda x: strategy.experimental_distribute_values_from_function(
       lambda _: {"image": x})
   full_step = lambda x: train_step(batch_of(x), lam_flip, lam_depth_sm,
-                                   lam_rerender_view)[0]
+                                   lam_rerender_view, lam_depth_deviation)[0]
 
   step = timing.median_seconds(lambda: full_step(x), _STEPS.value)
   if _FULL_ONLY.value:

@@ -490,7 +490,7 @@ def test_tflite_float16_export_of_a_trained_model_is_accepted(tmp_path):
   random_spread = np.std(model(faces)["view"][:, :3])
   for _ in range(TRAINED_STEPS):
     train_step(next(batches), tf.constant(0.5), tf.constant(1.0),
-               tf.constant(0.0))
+               tf.constant(0.0), tf.constant(0.0))
   reference = {k: np.asarray(v, np.float64)
                for k, v in model(faces, training=False).items()}
   # Trained, not random: the views spread (random weights put them near 0,

@@ -100,6 +100,32 @@ def test_relief_is_the_range_over_the_mask():
   assert math.isnan(relief[2])  # empty mask
 
 
+def test_mean_shape_scores_recover_a_shared_shape_from_varied_ones():
+  s = 32
+  r = renderer_lib.Renderer(image_size=s)
+  y, x = np.mgrid[0:s, 0:s] / (s - 1) * 2 - 1
+  r2 = x ** 2 + y ** 2
+  template = np.where(r2 < 0.5, 1.0 - 0.08 * (1 - r2 / 0.5), 1.08)
+  rng = np.random.default_rng(0)
+  n = 6
+  views = np.zeros((n, 6), np.float32)
+  views[:, :2] = rng.uniform(-0.3, 0.3, (n, 2))  # pitch, yaw (radians)
+  gt = r.warp_canon_depth(
+      tf.constant(np.broadcast_to(template, (n, s, s)), tf.float32),
+      tf.constant(views)).numpy()
+  gt = np.where(gt > 1.07, 1.1, gt)  # background at the image's maximum
+  # Per-face shapes that differ, with the template as their mean.
+  noise = rng.normal(0, 0.01, (n, s, s))
+  canon = template + noise - noise.mean(axis=0)
+  got = learning_report.mean_shape_scores(r, gt, canon, views, batch_size=4)
+  assert got["side"] < 1e-4 and got["mad"] < 0.5
+  assert got["side_ratio"] < 0.02 and got["mad_ratio"] < 0.05
+  # The same shape at the frontal view explains turned faces worse.
+  frontal = learning_report.mean_shape_scores(r, gt, canon, 0 * views)
+  assert frontal["side"] > 10 * got["side"] + 1e-3
+  assert frontal["mad"] > got["mad"] + 2.0
+
+
 def _write_views(path, rows):
   with open(path, "w", newline="") as f:
     writer = csv.writer(f)

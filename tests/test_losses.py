@@ -156,6 +156,32 @@ def test_second_order_prior_charges_a_dome_less_than_ripples():
     losses.depth_smoothness(dome, 0.9, 1.1, order=3)
 
 
+def test_depth_deviation_against_numpy_and_analytic_cases():
+  rng = np.random.default_rng(3)
+  depth = rng.uniform(0.9, 1.1, (5, 6, 7))
+  expected = np.mean(np.abs(depth - depth.mean(axis=0))) / 0.2
+  assert float(losses.depth_deviation(t(depth), 0.9, 1.1)) == pytest.approx(
+      expected, rel=1e-5)
+  # Equal shapes cost nothing; two shapes 0.04 apart each sit 0.02 from
+  # their mean, 0.1 of the range.
+  same = np.broadcast_to(depth[:1], depth.shape)
+  assert float(losses.depth_deviation(t(same), 0.9, 1.1)) == pytest.approx(
+      0.0, abs=1e-7)
+  pair = np.stack([depth[0], depth[0] + 0.04])
+  assert float(losses.depth_deviation(t(pair), 0.9, 1.1)) == pytest.approx(
+      0.1, rel=1e-4)
+  # Its gradient moves every depth towards the batch mean.
+  x = t(depth)
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    value = losses.depth_deviation(x, 0.9, 1.1)
+  step = -tape.gradient(value, x).numpy()
+  towards = np.sign(depth.mean(axis=0) - depth)
+  assert np.all(np.sign(step) == towards)
+  with pytest.raises(ValueError, match="depth"):
+    losses.depth_deviation(tf.zeros([4, 4]), 0.9, 1.1)
+
+
 def test_rank_errors_name_the_argument():
   with pytest.raises(ValueError, match="mask"):
     losses.photometric_loss(tf.zeros([1, 2, 2, 3]), tf.zeros([1, 2, 2, 3]),

@@ -181,6 +181,26 @@ def test_depth_smoothness_order_selects_the_prior():
     tiny_model(depth_smoothness_order=0)
 
 
+def test_depth_deviation_term_joins_the_total_with_its_weight():
+  x = tf.concat([images(), tf.reverse(images(), axis=[1])], axis=0)
+  base = tiny_model(lam_perc=0.0, use_conf_map=False)
+  out = base(x)
+  model = tiny_model(lam_perc=0.0, use_conf_map=False,
+                     lam_depth_deviation=2.5)
+  model(x)
+  model.set_weights(base.get_weights())
+  terms = model.compute_losses(x, out)
+  expected = losses.depth_deviation(out["canon_depth_unbordered"], 0.9, 1.1)
+  assert float(terms["depth_deviation"]) == pytest.approx(float(expected),
+                                                          rel=1e-5)
+  assert float(expected) > 0
+  assert float(terms["total"]) == pytest.approx(
+      float(base.compute_losses(x, out)["total"]) + 2.5 * float(expected),
+      rel=1e-5)
+  with pytest.raises(ValueError, match="lam_depth_deviation"):
+    tiny_model(lam_depth_deviation=-1.0)
+
+
 def test_no_perceptual_terms_and_no_vgg_without_lam_perc():
   model = tiny_model(lam_perc=0.0, use_conf_map=False)
   x = images()

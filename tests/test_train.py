@@ -290,21 +290,25 @@ def test_the_flip_warmup_eases_from_its_initial_weight_to_lam_flip():
     train_lib.Schedules(1e-4, initial_lam_flip=2.0)
 
 
-def test_the_rerendered_view_weight_starts_late_and_ramps_up():
-  ramp = train_lib.Schedules(1e-4, lam_rerender_view=0.8,
-                             rerender_view_start_step=200,
-                             rerender_view_ramp_steps=100)
-  assert ramp.lam_rerender_view_at(0) == 0.0
-  assert ramp.lam_rerender_view_at(199) == 0.0
-  assert ramp.lam_rerender_view_at(250) == pytest.approx(0.4)
-  weights = [ramp.lam_rerender_view_at(s) for s in range(200, 301, 10)]
+@pytest.mark.parametrize("term", ["rerender_view", "depth_deviation"])
+def test_eased_in_weights_start_late_and_ramp_up(term):
+  ramp = train_lib.Schedules(1e-4, **{f"lam_{term}": 0.8,
+                                      f"{term}_start_step": 200,
+                                      f"{term}_ramp_steps": 100})
+  weight_at = getattr(ramp, f"lam_{term}_at")
+  assert weight_at(0) == 0.0
+  assert weight_at(199) == 0.0
+  assert weight_at(250) == pytest.approx(0.4)
+  weights = [weight_at(s) for s in range(200, 301, 10)]
   assert all(a < b for a, b in zip(weights, weights[1:]))
-  assert ramp.lam_rerender_view_at(10_000) == pytest.approx(0.8)
+  assert weight_at(10_000) == pytest.approx(0.8)
   # No start and no ramp: the full weight from the first step.
-  assert train_lib.Schedules(
-      1e-4, lam_rerender_view=0.8).lam_rerender_view_at(0) == 0.8
-  with pytest.raises(ValueError, match="rerender_view_start_step"):
-    train_lib.Schedules(1e-4, rerender_view_start_step=-1)
+  plain = train_lib.Schedules(1e-4, **{f"lam_{term}": 0.8})
+  assert getattr(plain, f"lam_{term}_at")(0) == 0.8
+  with pytest.raises(ValueError, match=f"{term}_start_step"):
+    train_lib.Schedules(1e-4, **{f"{term}_start_step": -1})
+  with pytest.raises(ValueError, match=f"{term}_ramp_steps"):
+    train_lib.Schedules(1e-4, **{f"{term}_ramp_steps": -5})
 
 
 def test_a_resumed_epoch_skips_the_batches_it_trained_on():
@@ -379,8 +383,9 @@ class _StandIns:
         logs, num_epochs=num_epochs, batch_size=2,
         checkpoint_every_steps=checkpoint_every_steps)
 
-  def _train_step(self, batch, lam_flip, lam_depth_sm, lam_rerender_view):
-    del lam_depth_sm, lam_rerender_view
+  def _train_step(self, batch, lam_flip, lam_depth_sm, lam_rerender_view,
+                  lam_depth_deviation):
+    del lam_depth_sm, lam_rerender_view, lam_depth_deviation
     self.trained.append((int(self.checkpoint.epoch.numpy()), batch["index"],
                          float(lam_flip),
                          float(self.checkpoint.optimizer.learning_rate)))
@@ -516,7 +521,10 @@ def test_learning_rate_and_depth_prior_follow_their_schedules(paired_data,
           "train.max_steps = 4", "train.learning_rate = 1e-3",
           "train.learning_rate_schedule = 'cosine'",
           "train.final_learning_rate_ratio = 0.1",
-          "Unsup3D.lam_depth_sm = 1.0", "train.final_lam_depth_sm = 0.2"]))
+          "Unsup3D.lam_depth_sm = 1.0", "train.final_lam_depth_sm = 0.2",
+          "Unsup3D.lam_depth_deviation = 0.5",
+          "train.depth_deviation_start_step = 2",
+          "train.depth_deviation_ramp_steps = 4"]))
   summary = train_lib.train(str(tmp_path),
                             tf.distribute.OneDeviceStrategy("/cpu:0"))
   gin.clear_config()
@@ -525,6 +533,10 @@ def test_learning_rate_and_depth_prior_follow_their_schedules(paired_data,
       train_lib.cosine_schedule(1e-3, 1e-4, 0.75))
   assert summary["lam_depth_sm"] == pytest.approx(
       train_lib.cosine_schedule(1.0, 0.2, 0.75))
+  # Step 3 (0-based) is a quarter into the depth deviation's ramp.
+  assert summary["lam_depth_deviation"] == pytest.approx(
+      train_lib.cosine_schedule(0.0, 0.5, 0.25))
+  assert summary["loss/depth_deviation"] > 0
 
 
 # --- Run safety: one run per model_dir, checkpoints that fit or are skipped.

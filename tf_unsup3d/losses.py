@@ -174,3 +174,29 @@ def depth_smoothness(depth, min_depth, max_depth, order=1):
   numerator, denominator = depth_smoothness_sums(depth, min_depth, max_depth,
                                                  order)
   return numerator / denominator
+
+
+def depth_deviation_sums(depth, min_depth, max_depth):
+  """`depth_deviation` as (sum of per-image terms, number of images)."""
+  with tf.name_scope("depth_deviation"):
+    shapes.check_shape(depth, "depth", ("B", "H", "W"))
+    deviation = depth - tf.reduce_mean(depth, axis=0, keepdims=True)
+    per_image = tf.reduce_mean(tf.abs(deviation), axis=[1, 2])
+    count = tf.cast(tf.shape(depth)[0], depth.dtype)
+    return tf.reduce_sum(per_image) / (max_depth - min_depth), count
+
+
+def depth_deviation(depth, min_depth, max_depth):
+  """Spread of canonical depths `[B, H, W]` about their batch mean.
+
+  mean |d - mean_b(d)| / (max_depth - min_depth): the per-image deformation
+  of a category's shape from the batch's mean shape. Penalising it keeps
+  what the images share in one template and leaves each image only the
+  deformation its pixels pay for, so the depth cannot take up what the
+  view, light or albedo should explain (a pitch as a per-image tilt, a
+  darker skin as a deeper face). The mean is over the batch given (under
+  a distribution strategy, one replica's). Scalar >= 0; 0 iff all depths
+  are equal.
+  """
+  numerator, denominator = depth_deviation_sums(depth, min_depth, max_depth)
+  return numerator / denominator

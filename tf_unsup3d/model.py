@@ -117,6 +117,7 @@ class Unsup3D(keras.Model):
                lam_flip=0.5,
                lam_depth_sm=0.0,
                depth_smoothness_order=1,
+               lam_depth_deviation=0.0,
                lam_multiscale=0.0,
                multiscale_factors=(2, 4, 8),
                lam_rerender_view=0.0,
@@ -149,6 +150,8 @@ class Unsup3D(keras.Model):
       depth_smoothness_order: the depth prior on first differences (1,
         total variation, the reference's) or second differences (2); see
         `losses.depth_smoothness`.
+      lam_depth_deviation: weight of the canonical depths' spread about
+        their batch mean (0 in the paper; see `losses.depth_deviation`).
       lam_multiscale: weight of the photometric loss on average-pooled
         images (0 in the paper; see `losses.multiscale_photometric_loss_sums`).
       multiscale_factors: its pooling factors (divisors of image_size).
@@ -196,6 +199,10 @@ class Unsup3D(keras.Model):
                        f"or 2 (second differences), got "
                        f"{depth_smoothness_order!r}.")
     self.depth_smoothness_order = int(depth_smoothness_order)
+    self.lam_depth_deviation = float(lam_depth_deviation)
+    if self.lam_depth_deviation < 0:
+      raise ValueError(f"lam_depth_deviation must be >= 0, got "
+                       f"{lam_depth_deviation}.")
     self.lam_multiscale = float(lam_multiscale)
     self.multiscale_factors = tuple(int(k) for k in multiscale_factors)
     for k in self.multiscale_factors:
@@ -397,7 +404,7 @@ class Unsup3D(keras.Model):
 
   def compute_losses(self, images, outputs, lam_flip=None,
                      reduce_denominator=None, lam_depth_sm=None,
-                     lam_rerender_view=None):
+                     lam_rerender_view=None, lam_depth_deviation=None):
     """The paper's training objective (DESIGN section 1).
 
     Args:
@@ -407,7 +414,7 @@ class Unsup3D(keras.Model):
         is switched on).
       lam_depth_sm: overrides the model's lam_depth_sm (a schedule); the
         term is computed only when the model's weight is > 0.
-      lam_rerender_view: likewise for lam_rerender_view.
+      lam_rerender_view, lam_depth_deviation: likewise for those weights.
       reduce_denominator: optional function applied to each loss's
         denominator (mask sum or count). Under a distribution strategy,
         summing it across replicas makes each replica's loss its share of
@@ -416,7 +423,7 @@ class Unsup3D(keras.Model):
     Returns:
       Dict of scalars: `total`, `photometric`, `photometric_flip` and, when
       enabled, `perceptual`, `perceptual_flip`, `multiscale`,
-      `multiscale_flip`, `rerender_view`, `depth_smoothness`. The
+      `multiscale_flip`, `rerender_view`, `depth_smoothness`, `depth_deviation`. The
       photometric terms compare images in [-1, 1] like the paper.
     """
     with tf.name_scope("compute_losses"):
@@ -473,6 +480,12 @@ class Unsup3D(keras.Model):
             outputs["canon_depth_unbordered"], self.min_depth,
             self.max_depth, self.depth_smoothness_order))
         total += lam_depth_sm * terms["depth_smoothness"]
+      if self.lam_depth_deviation > 0:
+        terms["depth_deviation"] = ratio(losses.depth_deviation_sums(
+            outputs["canon_depth_unbordered"], self.min_depth,
+            self.max_depth))
+        total += (self.lam_depth_deviation if lam_depth_deviation is None
+                  else lam_depth_deviation) * terms["depth_deviation"]
       terms["total"] = total
       return terms
 

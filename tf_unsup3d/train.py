@@ -287,6 +287,9 @@ class Schedules:
   lam_rerender_view: float = 0.0
   rerender_view_start_step: int = 0
   rerender_view_ramp_steps: int = 0
+  lam_depth_deviation: float = 0.0
+  depth_deviation_start_step: int = 0
+  depth_deviation_ramp_steps: int = 0
 
   def __post_init__(self):
     if self.learning_rate_schedule not in ("constant", "cosine"):
@@ -301,11 +304,13 @@ class Schedules:
           "train.initial_lam_flip needs a weight >= 0 and "
           "train.lam_flip_warmup_steps > 0, got "
           f"{self.initial_lam_flip} and {self.lam_flip_warmup_steps}.")
-    if self.rerender_view_start_step < 0 or self.rerender_view_ramp_steps < 0:
-      raise ValueError(
-          "train.rerender_view_start_step and train.rerender_view_ramp_steps "
-          f"must be >= 0, got {self.rerender_view_start_step} and "
-          f"{self.rerender_view_ramp_steps}.")
+    for term in ("rerender_view", "depth_deviation"):
+      start = getattr(self, f"{term}_start_step")
+      ramp = getattr(self, f"{term}_ramp_steps")
+      if start < 0 or ramp < 0:
+        raise ValueError(
+            f"train.{term}_start_step and train.{term}_ramp_steps must be "
+            f">= 0, got {start} and {ramp}.")
 
   def at(self, fraction):
     """(learning rate, depth-prior weight) with `fraction` of the budget
@@ -335,17 +340,27 @@ class Schedules:
     return 1.0 if epoch < self.lam_flip_start_epoch else self.lam_flip
 
   def lam_rerender_view_at(self, step):
-    """The re-rendered view term's weight at `step` (over resumed runs):
-    0 before rerender_view_start_step, then rising along half a cosine to
-    `Unsup3D.lam_rerender_view` over rerender_view_ramp_steps steps."""
-    if step < self.rerender_view_start_step:
-      return 0.0
-    if self.rerender_view_ramp_steps == 0:
-      return self.lam_rerender_view
-    return float(cosine_schedule(
-        0.0, self.lam_rerender_view,
-        min((step - self.rerender_view_start_step) /
-            self.rerender_view_ramp_steps, 1.0)))
+    """The re-rendered view term's weight at `step` (over resumed runs),
+    eased in (`eased_in`) from rerender_view_start_step."""
+    return eased_in(self.lam_rerender_view, self.rerender_view_start_step,
+                    self.rerender_view_ramp_steps, step)
+
+  def lam_depth_deviation_at(self, step):
+    """The depth deviation term's weight at `step` (over resumed runs),
+    eased in (`eased_in`) from depth_deviation_start_step."""
+    return eased_in(self.lam_depth_deviation, self.depth_deviation_start_step,
+                    self.depth_deviation_ramp_steps, step)
+
+
+def eased_in(weight, start_step, ramp_steps, step):
+  """0 before start_step, then rising along half a cosine to `weight` over
+  ramp_steps steps (at once with ramp_steps 0); a float."""
+  if step < start_step:
+    return 0.0
+  if ramp_steps == 0:
+    return float(weight)
+  return float(cosine_schedule(0.0, weight,
+                               min((step - start_step) / ramp_steps, 1.0)))
 
 
 def cpu_has_fast_bfloat16(cpuinfo="/proc/cpuinfo"):
@@ -503,8 +518,8 @@ def make_train_step(model, optimizer, strategy, weight_decay=5e-4,
       (with more than one replica a warning says it is not applied).
 
   Returns:
-    `step(batch, lam_flip, lam_depth_sm, lam_rerender_view) -> (terms,
-    view, light)`: `batch` a distributed {'image': `[B, S, S, 3]` in
+    `step(batch, lam_flip, lam_depth_sm, lam_rerender_view,
+    lam_depth_deviation) -> (terms, view, light)`: `batch` a distributed {'image': `[B, S, S, 3]` in
     [0, 1], ...}, the loss weights float32 scalars. `terms` maps each loss
     term to its value on the global batch (ratios of sums over the
     replicas), `view` `[B, 6]` and `light` `[B, 4]` are the predictions on
@@ -513,7 +528,8 @@ def make_train_step(model, optimizer, strategy, weight_decay=5e-4,
   variables = model.trainable_variables
   num_replicas = strategy.num_replicas_in_sync
 
-  def replica_step(images, lam_flip, lam_depth_sm, lam_rerender_view):
+  def replica_step(images, lam_flip, lam_depth_sm, lam_rerender_view,
+                   lam_depth_deviation):
     context = tf.distribute.get_replica_context()
     reduce = None
     if num_replicas > 1:  # Ratios of sums over the global batch.
@@ -523,7 +539,8 @@ def make_train_step(model, optimizer, strategy, weight_decay=5e-4,
       terms = model.compute_losses(images, outputs, lam_flip,
                                    reduce_denominator=reduce,
                                    lam_depth_sm=lam_depth_sm,
-                                   lam_rerender_view=lam_rerender_view)
+                                   lam_rerender_view=lam_rerender_view,
+                                   lam_depth_deviation=lam_depth_deviation)
     grads = tape.gradient(terms["total"], variables)
     # Gradients are summed over replicas, so each adds its share of the decay.
     # Weights outside the loss (e.g. the perceptual confidence head when
@@ -547,9 +564,8 @@ def make_train_step(model, optimizer, strategy, weight_decay=5e-4,
     return terms, view, light
 
   @tf.function
-  def distributed_step(batch, lam_flip, lam_depth_sm, lam_rerender_view):
-    terms, view, light = strategy.run(
-        apply_step, args=(batch, lam_flip, lam_depth_sm, lam_rerender_view))
+  def distributed_step(batch, *weights):
+    terms, view, light = strategy.run(apply_step, args=(batch, *weights))
     terms = {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
              for k, v in terms.items()}
     gather = lambda t: strategy.gather(t, axis=0)
@@ -594,7 +610,8 @@ class TensorBoardLogs:
     self._images_step = None  # the step of the newest factor images
 
   def write_step(self, step, terms, rate, learning_rate, lam_depth_sm, view,
-                 light, lam_flip=None, lam_rerender_view=None):
+                 light, lam_flip=None, lam_rerender_view=None,
+                 lam_depth_deviation=None):
     """The summaries of training step `step` that fall due.
 
     Args:
@@ -606,6 +623,7 @@ class TensorBoardLogs:
       light: `[B, 4]` (ambient, diffuse, dx, dy).
       lam_flip: the step's flip-term weight, or None.
       lam_rerender_view: the step's re-rendered view weight, or None.
+      lam_depth_deviation: the step's depth deviation weight, or None.
     """
     if step % self.every_steps == 0:
       with self.writer.as_default(step=step):
@@ -618,6 +636,9 @@ class TensorBoardLogs:
           tf.summary.scalar("schedule/lam_flip", lam_flip)
         if lam_rerender_view is not None:
           tf.summary.scalar("schedule/lam_rerender_view", lam_rerender_view)
+        if lam_depth_deviation is not None:
+          tf.summary.scalar("schedule/lam_depth_deviation",
+                            lam_depth_deviation)
         tf.summary.histogram("view/rotation_deg", view[:, :3] * 180 / np.pi)
         tf.summary.histogram("view/translation", view[:, 3:])
         tf.summary.histogram("light/ambient_diffuse", light[:, :2])
@@ -678,6 +699,8 @@ class Runner:
         budget.fraction(self.start_step))
     self.lam_flip = schedules.lam_flip_at(self.epoch, self.start_step)
     self.lam_rerender_view = schedules.lam_rerender_view_at(self.start_step)
+    self.lam_depth_deviation = schedules.lam_depth_deviation_at(
+        self.start_step)
     self.last_terms, self.val_scores = {}, {}
     self._saved = None  # (step, epoch) of this run's newest checkpoint
 
@@ -717,7 +740,8 @@ class Runner:
                               ("img/s", rate)])
       self.logs.write_step(self.step, self.last_terms, rate,
                            self.learning_rate, self.lam_depth_sm, view, light,
-                           self.lam_flip, self.lam_rerender_view)
+                           self.lam_flip, self.lam_rerender_view,
+                           self.lam_depth_deviation)
       if self.step % self.checkpoint_every_steps == 0:
         self.save()
       if self.budget.spent(self.step):
@@ -737,11 +761,14 @@ class Runner:
         self.budget.fraction(self.step))
     self.lam_flip = self.schedules.lam_flip_at(self.epoch, self.step)
     self.lam_rerender_view = self.schedules.lam_rerender_view_at(self.step)
+    self.lam_depth_deviation = self.schedules.lam_depth_deviation_at(
+        self.step)
     self.checkpoint.optimizer.learning_rate.assign(self.learning_rate)
     terms, view, light = self.train_step(
         batch, tf.constant(self.lam_flip, tf.float32),
         tf.constant(self.lam_depth_sm, tf.float32),
-        tf.constant(self.lam_rerender_view, tf.float32))
+        tf.constant(self.lam_rerender_view, tf.float32),
+        tf.constant(self.lam_depth_deviation, tf.float32))
     self.checkpoint.step.assign_add(1)
     loss = float(terms["total"])
     if not np.isfinite(loss):
@@ -795,6 +822,8 @@ def finish(runner, model_dir, output_dir, is_chief):
       "final_weights": final, "learning_rate": float(runner.learning_rate),
       "lam_depth_sm": float(runner.lam_depth_sm),
       "lam_flip": float(runner.lam_flip),
+      "lam_rerender_view": float(runner.lam_rerender_view),
+      "lam_depth_deviation": float(runner.lam_depth_deviation),
       **{f"loss/{k}": v for k, v in runner.last_terms.items()},
       **runner.val_scores}
   print("\nTraining summary")
@@ -815,6 +844,7 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
           final_lam_depth_sm=None, lam_flip_start_epoch=0,
           initial_lam_flip=None, lam_flip_warmup_steps=0,
           rerender_view_start_step=0, rerender_view_ramp_steps=0,
+          depth_deviation_start_step=0, depth_deviation_ramp_steps=0,
           jit_compile=False, mixed_precision=False, keep_checkpoints=3,
           checkpoint_every_steps=1000, summary_every_steps=50,
           image_summary_every_steps=500, max_steps=None, max_seconds=None,
@@ -854,6 +884,10 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
       its turns (a flat depth turned shows no yaw).
     rerender_view_ramp_steps: then its weight rises to
       `Unsup3D.lam_rerender_view` along half a cosine over this many steps.
+    depth_deviation_start_step, depth_deviation_ramp_steps: the same for
+      the depth deviation term (`Unsup3D.lam_depth_deviation`): from the
+      first step it holds every face to one template before the depth has
+      a face's relief, and the template then stays a tilt.
     jit_compile: compile each replica's step with XLA.
     mixed_precision: run the networks in mixed bfloat16 (rendering and
       losses stay float32).
@@ -885,7 +919,10 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
       lam_flip_warmup_steps=lam_flip_warmup_steps,
       lam_rerender_view=model.lam_rerender_view,
       rerender_view_start_step=rerender_view_start_step,
-      rerender_view_ramp_steps=rerender_view_ramp_steps)
+      rerender_view_ramp_steps=rerender_view_ramp_steps,
+      lam_depth_deviation=model.lam_depth_deviation,
+      depth_deviation_start_step=depth_deviation_start_step,
+      depth_deviation_ramp_steps=depth_deviation_ramp_steps)
   manager = restore(checkpoint, model_dir, output_dir, keep_checkpoints)
   data = prepare_data(strategy, model_dir, checkpoint.epoch.numpy,
                       batch_size, seed, generate_synthetic_data)
