@@ -209,7 +209,7 @@ def mean_shape_scores(renderer, depth_gt, canon_depth, views, batch_size=64):
   """
   template = tf.constant(np.mean(canon_depth, axis=0), tf.float32)
   reference = tf.constant(np.mean(depth_gt, axis=0), tf.float32)
-  sums = {}
+  per_image = {}  # method -> metric -> [per-image scores of each batch]
   for start in range(0, len(depth_gt), batch_size):
     part = slice(start, start + batch_size)
     views_part = tf.constant(views[part], tf.float32)
@@ -219,15 +219,13 @@ def mean_shape_scores(renderer, depth_gt, canon_depth, views, batch_size=64):
         renderer.warp_canon_depth(shapes, views_part), reference)
     for method, per_metric in scores.items():
       for metric in METRICS:
-        sums.setdefault((method, metric), []).append(
+        per_image.setdefault(method, {}).setdefault(metric, []).append(
             np.asarray(per_metric[metric]))
-  mean = {k: float(np.nanmean(np.concatenate(v))) for k, v in sums.items()}
-  result = {}
-  for metric in METRICS:
-    better = min(mean[(m, metric)] for m in BASELINES)
-    result[metric] = mean[("model", metric)]
-    result[f"{metric}_ratio"] = mean[("model", metric)] / better
-  return result
+  means = {method: {k: float(np.nanmean(np.concatenate(v)))
+                    for k, v in per_metric.items()}
+           for method, per_metric in per_image.items()}
+  ratios = ratios_to_better_baseline(means)["model"]
+  return {**means["model"], **{f"{k}_ratio": v for k, v in ratios.items()}}
 
 
 def read_true_views(path, indices):
@@ -795,7 +793,8 @@ def measure_stage(model, test, summary, budget, previous_minutes,
   weights = loss_weights(
       1.0 if summary["epochs"] < lam_flip_start_epoch else model.lam_flip,
       model.lam_perc, summary.get("lam_depth_sm", model.lam_depth_sm),
-      model.lam_multiscale, model.lam_rerender_view, model.lam_depth_deviation)
+      model.lam_multiscale, model.lam_rerender_view,
+      model.lam_depth_deviation)
   gt = test["depth"]
   gt_face = metrics.erode_mask(metrics.foreground_mask(gt)).numpy()
   eval_mask = metrics.evaluation_mask(gt, out["recon_mask"]).numpy()

@@ -423,8 +423,9 @@ class Unsup3D(keras.Model):
     Returns:
       Dict of scalars: `total`, `photometric`, `photometric_flip` and, when
       enabled, `perceptual`, `perceptual_flip`, `multiscale`,
-      `multiscale_flip`, `rerender_view`, `depth_smoothness`, `depth_deviation`. The
-      photometric terms compare images in [-1, 1] like the paper.
+      `multiscale_flip`, `rerender_view`, `depth_smoothness`,
+      `depth_deviation`. The photometric terms compare images in [-1, 1]
+      like the paper.
     """
     with tf.name_scope("compute_losses"):
       lam_flip = self.lam_flip if lam_flip is None else lam_flip

@@ -519,8 +519,9 @@ def make_train_step(model, optimizer, strategy, weight_decay=5e-4,
 
   Returns:
     `step(batch, lam_flip, lam_depth_sm, lam_rerender_view,
-    lam_depth_deviation) -> (terms, view, light)`: `batch` a distributed {'image': `[B, S, S, 3]` in
-    [0, 1], ...}, the loss weights float32 scalars. `terms` maps each loss
+    lam_depth_deviation) -> (terms, view, light)`: `batch` a distributed
+    {'image': `[B, S, S, 3]` in [0, 1], ...}, the loss weights float32
+    scalars. `terms` maps each loss
     term to its value on the global batch (ratios of sums over the
     replicas), `view` `[B, 6]` and `light` `[B, 4]` are the predictions on
     the global batch.
