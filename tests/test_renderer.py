@@ -451,21 +451,3 @@ def test_shape_and_range_errors():
 
 if __name__ == "__main__":
   raise SystemExit(pytest.main([__file__]))
-
-
-def test_padded_renderer_sees_the_same_rays_in_its_centre():
-  """Pixel (p + v, p + u) of the padded canvas lifts to the ray of (v, u)."""
-  size, pad = 16, 5
-  r = Renderer(image_size=size, fov=10.0)
-  wide = r.padded(pad)
-  assert wide.image_size == size + 2 * pad
-  np.testing.assert_allclose(wide.focal, r.focal, rtol=1e-6)
-  depth = smooth_depth(np.random.default_rng(3), 1,
-                       size + 2 * pad).astype(np.float32)
-  points = wide.depth_to_points(tf.constant(depth, tf.float32)).numpy()
-  centre = points[:, pad:pad + size, pad:pad + size]
-  expected = r.depth_to_points(
-      tf.constant(depth[:, pad:pad + size, pad:pad + size])).numpy()
-  np.testing.assert_allclose(centre, expected, atol=1e-6)
-  with pytest.raises(ValueError, match="pad"):
-    r.padded(-1)

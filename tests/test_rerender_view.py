@@ -218,35 +218,3 @@ def test_view_network_trained_on_rerenderings_reads_ray_cast_yaw():
   predicted = model.net_view(
       tf.constant(np.stack(images)) * 2.0 - 1.0).numpy()[:, 1] * 60.0
   assert np.corrcoef(predicted, yaws)[0, 1] > 0.8, (predicted, yaws)
-
-
-def test_padded_rerender_covers_the_turned_canvas_and_agrees_where_both_cover():
-  # Like the strip test above: the plane behind the rotation centre turned
-  # 20 degrees leaves a strip of the S x S canvas uncovered; a canvas a
-  # quarter wider on every side covers all of it (its edge, 47.5 px from
-  # the centre at depth 1.06, lands 36 px out), and where the narrow one
-  # covers, both show the same texture.
-  depth = tf.fill([1, S, S], 1.06)
-  y, x = np.mgrid[0:S, 0:S] / (S - 1)
-  image = tf.constant(np.stack([x, y, x * y], -1)[None].astype(np.float32))
-  view = tf.constant([[0.0, 1.0 / 3.0, 0.0, 0.0, 0.0, 0.0]])
-  narrow, wide = tiny_model(), tiny_model(rerender_view_padding=0.25)
-  assert wide.rerender_pad == S // 4
-  _, _, covered = narrow.renderer.render_view(image, depth,
-                                              narrow.decode_view(view))
-  covered = covered.numpy()[0] == 1
-  assert 32 <= (~covered).sum()
-  padded = tf.pad(image, [[0, 0], [16, 16], [16, 16], [0, 0]], "SYMMETRIC")
-  _, _, wide_covered = wide.rerender_renderer.render_view(
-      padded, tf.fill([1, S + 32, S + 32], 1.06), wide.decode_view(view))
-  assert wide_covered.numpy()[0, 16:-16, 16:-16].all()
-  inner = covered.copy()
-  inner[:, :2] = inner[:, -2:] = False  # bilinear samples near the edge
-  np.testing.assert_allclose(wide.rerender(image, depth, view).numpy()[0][inner],
-                             narrow.rerender(image, depth, view).numpy()[0][inner],
-                             atol=2e-3)
-  np.testing.assert_allclose(
-      wide.rerender(image, depth, tf.zeros([1, 6])).numpy(), image.numpy(),
-      atol=1e-4)
-  with pytest.raises(ValueError, match="rerender_view_padding"):
-    tiny_model(rerender_view_padding=-0.1)

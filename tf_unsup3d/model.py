@@ -123,7 +123,6 @@ class Unsup3D(keras.Model):
                lam_rerender_view=0.0,
                rerender_view_scale=0.5,
                rerender_view_equivariance=False,
-               rerender_view_padding=0.0,
                nf=64,
                zdim=256,
                light_view_nf=32,
@@ -164,12 +163,6 @@ class Unsup3D(keras.Model):
         on its reconstructed depth, turned by a random view within the same
         ranges, and asks the view network for the turn composed with its
         own prediction for the input (see `view_equivariance_loss_sums`).
-      rerender_view_padding: those renderings are made on a canvas wider
-        by this fraction of image_size on every side (the canonical maps
-        extended by mirroring) and cropped back, so the turned canvas's
-        edges stay out of the picture (at 0.25, for turns up to about 25
-        degrees of a surface 0.06 behind the rotation centre). 0 renders
-        the canvas itself.
       nf, zdim: width and bottleneck of the depth and albedo nets (64, 256).
       light_view_nf: width of the light and view encoders (32).
       conf_zdim: bottleneck of the confidence net (128, width nf).
@@ -222,15 +215,10 @@ class Unsup3D(keras.Model):
     if not 0.0 < self.rerender_view_scale <= 1.0:
       raise ValueError(f"rerender_view_scale must be in (0, 1], got "
                        f"{rerender_view_scale}.")
-    if not 0.0 <= rerender_view_padding <= 1.0:
-      raise ValueError(f"rerender_view_padding must be in [0, 1] (a "
-                       f"fraction of image_size), got {rerender_view_padding}.")
-    self.rerender_pad = int(round(rerender_view_padding * image_size))
     self.renderer = renderer_lib.Renderer(
         image_size=image_size, fov=fov, min_depth=min_depth,
         max_depth=max_depth, rot_center_depth=rot_center_depth,
         candidate_chunk=candidate_chunk)
-    self.rerender_renderer = self.renderer.padded(self.rerender_pad)
     s = image_size
     self.net_depth = networks.EDDeconv(1, zdim=zdim, nf=nf, activation=None,
                                        image_size=s, name="net_depth")
@@ -613,19 +601,8 @@ class Unsup3D(keras.Model):
     Returns:
       `[B, S, S, C]`: the textured depth mesh warped into the view where
       it covers a pixel, the canonical image at the same pixel elsewhere.
-      With `rerender_view_padding`, the mesh and the backdrop are the
-      maps mirror-padded on every side, rendered by the same camera on
-      the wider canvas and cropped back to S x S.
     """
     with tf.name_scope("rerender"):
-      pad = self.rerender_pad
-      if pad:
-        canon_image = tf.pad(canon_image, [[0, 0], [pad, pad], [pad, pad],
-                                           [0, 0]], mode="SYMMETRIC")
-        canon_depth = tf.pad(canon_depth, [[0, 0], [pad, pad], [pad, pad]],
-                             mode="SYMMETRIC")
-      rendered, _, covered = self.rerender_renderer.render_view(
+      rendered, _, covered = self.renderer.render_view(
           canon_image, canon_depth, self.decode_view(view))
-      rendered += (1.0 - covered[..., None]) * canon_image
-      s = self.image_size
-      return rendered[:, pad:pad + s, pad:pad + s]
+      return rendered + (1.0 - covered[..., None]) * canon_image

@@ -1,7 +1,5 @@
 """The renderer of the paper: canonical depth -> input view, and back."""
 
-import math
-
 import tensorflow as tf
 
 from tf_unsup3d import shapes
@@ -51,30 +49,6 @@ class Renderer:
     # Depth values outside the range the model can produce are clamped.
     self.margin = (self.max_depth - self.min_depth) / 2.0
     self.far_depth = self.max_depth + self.margin
-
-  def padded(self, pad):
-    """The same camera on a canvas `pad` pixels wider on every side.
-
-    Focal length and pixel pitch stay; the principal point moves by `pad`,
-    so pixel (pad + v, pad + u) of the padded canvas sees the ray of pixel
-    (v, u) of this one, and its central S x S crop is this camera's image.
-
-    Args:
-      pad: int >= 0, pixels added on each side.
-
-    Returns:
-      A `Renderer` of side S + 2 pad with the same depths and rotation
-      centre.
-    """
-    if pad < 0:
-      raise ValueError(f"pad must be >= 0 pixels, got {pad}.")
-    side = self.image_size + 2 * int(pad)
-    half_fov = math.atan(math.tan(math.radians(self.fov) / 2.0) *
-                         (side - 1) / (self.image_size - 1))
-    return Renderer(image_size=side, fov=math.degrees(2.0 * half_fov),
-                    min_depth=self.min_depth, max_depth=self.max_depth,
-                    rot_center_depth=self.rot_center_depth,
-                    candidate_chunk=self.candidate_chunk)
 
   def coverage_mask(self, recon_depth):
     """`[B, S, S]` float {0, 1}: 1 where a warped depth map shows a surface.
