@@ -188,6 +188,35 @@ def relief(depth, mask):
   return np.where(mask.any(axis=(1, 2)), high - low, np.nan)
 
 
+NETWORKS = ("net_depth", "net_albedo", "net_light", "net_view", "net_conf")
+
+
+def kernel_rms(model):
+  """Root-mean-square of each network's convolution kernels.
+
+  Every convolution is followed by GroupNorm or feeds a bounded output, so
+  a kernel's scale does not change the forward pass; but Adam moves each
+  weight by about the learning rate per step whatever its size, and the L2
+  decay added to the gradient shrinks weights the loss does not hold: a
+  network whose kernels have shrunk to ~0 has lost what its input tells it
+  (its output no longer depends on the image).
+
+  Returns:
+    {network attribute: {"min", "median"} over its kernels}, for the
+    networks of `NETWORKS` the model has.
+  """
+  found = {}
+  for name in NETWORKS:
+    net = getattr(model, name, None)
+    if net is None:
+      continue
+    rms = [float(np.sqrt(np.mean(np.square(v.numpy()))))
+           for v in net.trainable_variables if v.path.endswith("kernel")]
+    if rms:
+      found[name] = {"min": min(rms), "median": float(np.median(rms))}
+  return found
+
+
 def mean_shape_scores(renderer, depth_gt, canon_depth, views, batch_size=64):
   """Scores of the model's mean canonical depth at each face's own view.
 
@@ -672,6 +701,12 @@ def format_stage(stage):
       f"{_fmt(rl['gt_on_gt_face'], '.4f')} (g.t. face mask, input view); "
       f"reconstructed {_fmt(rl['recon_on_eval_mask'], '.4f')} vs g.t. "
       f"{_fmt(rl['gt_on_eval_mask'], '.4f')} (evaluation mask)")
+  if stage.get("kernel_rms"):  # absent from stages of older reports
+    parts = [f"{name[len('net_'):]} {_fmt(r['min'], '.4f')} / "
+             f"{_fmt(r['median'], '.4f')}"
+             for name, r in stage["kernel_rms"].items()]
+    lines.append("kernel RMS per network (min / median over its "
+                 "convolutions): " + ", ".join(parts))
   shares = ", ".join(f"{k} {_fmt(v, '.2f')}"
                      for k, v in stage["loss_shares"].items())
   lines.append(f"loss shares (last training batch, weighted): {shares}" +
@@ -813,6 +848,7 @@ def measure_stage(model, test, summary, budget, previous_minutes,
       "relief": {k: float(np.nanmean(relief(*v))) for k, v in reliefs.items()},
       "mean_shape": mean_shape_scores(model.renderer, gt, out["canon_depth"],
                                       out["view"]),
+      "kernel_rms": kernel_rms(model),
       "loss_terms": terms, "loss_weights": weights,
       "loss_total": summary.get("loss/total"),
       "loss_shares": loss_shares(terms, weights),

@@ -352,3 +352,29 @@ def test_format_stage_reports_views_and_explainers_only_when_measured():
   text = learning_report.format_stage(_stage())
   assert "view: no views.csv" in text
   assert "strongest predicted factor" not in text
+
+
+def test_kernel_rms_per_network_skips_biases_and_absent_networks():
+  import keras  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+  depth = keras.Sequential([keras.layers.Conv2D(2, 3), keras.layers.Conv2D(
+      1, 1, use_bias=True)])
+  depth.build([None, 8, 8, 3])
+  first, second = depth.layers
+  first.kernel.assign(np.full(first.kernel.shape, 3.0, np.float32))
+  signs = np.where(np.arange(2) % 2, 2.0, -2.0).reshape(second.kernel.shape)
+  second.kernel.assign(signs.astype(np.float32))
+  second.bias.assign(np.full(second.bias.shape, 100.0, np.float32))
+  view = keras.layers.Dense(4)
+  view.build([None, 5])
+  view.kernel.assign(np.zeros(view.kernel.shape, np.float32))
+  model = types.SimpleNamespace(net_depth=depth, net_view=view, net_conf=None)
+  got = learning_report.kernel_rms(model)
+  assert set(got) == {"net_depth", "net_view"}
+  assert got["net_depth"]["min"] == pytest.approx(2.0)
+  assert got["net_depth"]["median"] == pytest.approx(2.5)  # of 3 and 2
+  assert got["net_view"] == {"min": 0.0, "median": 0.0}
+  text = learning_report.format_stage(_stage(kernel_rms=got))
+  assert ("kernel RMS per network (min / median over its convolutions): "
+          "depth 2.0000 / 2.5000, view 0.0000 / 0.0000") in text
+  assert "kernel RMS" not in learning_report.format_stage(_stage())
