@@ -4,6 +4,7 @@ import csv
 import math
 import pathlib
 import sys
+import types
 
 import numpy as np
 import PIL.Image
@@ -355,17 +356,16 @@ def test_format_stage_reports_views_and_explainers_only_when_measured():
 
 
 def test_kernel_rms_per_network_skips_biases_and_absent_networks():
-  import keras  # pylint: disable=g-import-not-at-top
-  import types  # pylint: disable=g-import-not-at-top
-  depth = keras.Sequential([keras.layers.Conv2D(2, 3), keras.layers.Conv2D(
-      1, 1, use_bias=True)])
+  layers = tf.keras.layers
+  depth = tf.keras.Sequential([layers.Conv2D(2, 3),
+                               layers.Conv2D(1, 1, use_bias=True)])
   depth.build([None, 8, 8, 3])
   first, second = depth.layers
   first.kernel.assign(np.full(first.kernel.shape, 3.0, np.float32))
   signs = np.where(np.arange(2) % 2, 2.0, -2.0).reshape(second.kernel.shape)
   second.kernel.assign(signs.astype(np.float32))
   second.bias.assign(np.full(second.bias.shape, 100.0, np.float32))
-  view = keras.layers.Dense(4)
+  view = layers.Dense(4)
   view.build([None, 5])
   view.kernel.assign(np.zeros(view.kernel.shape, np.float32))
   model = types.SimpleNamespace(net_depth=depth, net_view=view, net_conf=None)
