@@ -226,6 +226,28 @@ def test_every_network_receives_a_gradient():
   assert not model.vgg.trainable_variables  # frozen
 
 
+def test_flat_depth_init_starts_flat_and_facing_the_camera():
+  model = tiny_model(flat_depth_init=True, lam_depth_sm=0.1)
+  x = images()
+  with tf.GradientTape() as tape:
+    outputs = model(x, training=True)
+    total = model.compute_losses(x, outputs)["total"]
+  mid = (model.min_depth + model.max_depth) / 2
+  np.testing.assert_allclose(outputs["canon_depth_unbordered"], mid, atol=1e-6)
+  # A flat depth's normals are all along the optical axis in the interior,
+  # away from the border columns and the image edge (their length is a
+  # little under 1: the normalisation's epsilon against tiny cross products).
+  normal = outputs["canon_normal"].numpy()[:, 3:-3, 3:-3]
+  np.testing.assert_allclose(normal[..., :2], 0.0, atol=1e-6)
+  assert np.all(normal[..., 2] > 0.99)
+  # Only the zeroed last convolution learns at the first step: everything
+  # before it is multiplied by its zero kernel.
+  variables = model.net_depth.trainable_variables
+  grads = tape.gradient(total, variables)
+  assert float(tf.reduce_sum(tf.abs(grads[-1]))) > 0, variables[-1].path
+  assert all(float(tf.reduce_sum(tf.abs(g))) == 0 for g in grads[:-1])
+
+
 @pytest.mark.parametrize("net_name", ["net_albedo", "net_light", "net_conf"])
 def test_loss_gradient_matches_finite_differences(net_name):
   """Directional derivative along a random direction of one weight tensor."""

@@ -123,6 +123,7 @@ class Unsup3D(keras.Model):
                lam_rerender_view=0.0,
                rerender_view_scale=0.5,
                rerender_view_equivariance=False,
+               flat_depth_init=False,
                nf=64,
                zdim=256,
                light_view_nf=32,
@@ -163,6 +164,10 @@ class Unsup3D(keras.Model):
         on its reconstructed depth, turned by a random view within the same
         ranges, and asks the view network for the turn composed with its
         own prediction for the input (see `view_equivariance_loss_sums`).
+      flat_depth_init: start the depth network's last convolution at zero,
+        so that every canonical depth starts flat at mid depth (the paper:
+        PyTorch's default init, whose random depths give normals that are
+        mostly noise, about twice as steep at 128 px as at 64).
       nf, zdim: width and bottleneck of the depth and albedo nets (64, 256).
       light_view_nf: width of the light and view encoders (32).
       conf_zdim: bottleneck of the confidence net (128, width nf).
@@ -221,7 +226,9 @@ class Unsup3D(keras.Model):
         candidate_chunk=candidate_chunk)
     s = image_size
     self.net_depth = networks.EDDeconv(1, zdim=zdim, nf=nf, activation=None,
-                                       image_size=s, name="net_depth")
+                                       image_size=s,
+                                       zero_init_output=bool(flat_depth_init),
+                                       name="net_depth")
     self.net_albedo = networks.EDDeconv(3, zdim=zdim, nf=nf,
                                         activation="tanh", image_size=s,
                                         name="net_albedo")

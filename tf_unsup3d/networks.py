@@ -29,15 +29,15 @@ def torch_default_init():
       scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
 
 
-def _conv(filters, kernel, stride=1, padding=0, dtype=None):
+def _conv(filters, kernel, stride=1, padding=0, dtype=None, init=None):
   layers = [keras.layers.ZeroPadding2D(padding, dtype=dtype)] if padding else []
   layers.append(keras.layers.Conv2D(
       filters, kernel, strides=stride, padding="valid", use_bias=False,
-      kernel_initializer=torch_default_init(), dtype=dtype))
+      kernel_initializer=init or torch_default_init(), dtype=dtype))
   return layers
 
 
-def _output(filters, kernel, padding=0, activation=None):
+def _output(filters, kernel, padding=0, activation=None, zero_init=False):
   """The last convolution of a network (+ activation), always in float32.
 
   Under a mixed bfloat16 policy everything else computes in bfloat16, whose
@@ -45,7 +45,8 @@ def _output(filters, kernel, padding=0, activation=None):
   pixel's width at depth 1: the normals, differences of neighbouring depths,
   would be noise. These layers are a small share of the cost.
   """
-  layers = _conv(filters, kernel, 1, padding, dtype="float32")
+  layers = _conv(filters, kernel, 1, padding, dtype="float32",
+                 init=keras.initializers.Zeros() if zero_init else None)
   if activation:
     layers.append(keras.layers.Activation(activation, dtype="float32"))
   return layers
@@ -176,10 +177,13 @@ class EDDeconv(keras.Model):
 
   Depth (cout 1, no activation) and albedo (cout 3, tanh in [-1, 1]) nets;
   zdim 256 and nf 64 in the paper; S in `IMAGE_SIZES` (64 is the paper's).
+  `zero_init_output` starts the last convolution at zero, so that the
+  network's first output is 0 everywhere (the paper: PyTorch's default
+  init throughout).
   """
 
   def __init__(self, cout, zdim=256, nf=64, activation=None, image_size=64,
-               **kwargs):
+               zero_init_output=False, **kwargs):
     super().__init__(**kwargs)
     _check_nf(nf)
     _check_image_size(image_size)
@@ -194,7 +198,7 @@ class EDDeconv(keras.Model):
     up += ([keras.layers.UpSampling2D(2, interpolation="nearest")] +
            _conv(nf, 3, 1, 1) + _gn(nf) + _relu() +
            _conv(nf, 5, 1, 2) + _gn(nf) + _relu() +
-           _output(cout, 5, 2, activation))
+           _output(cout, 5, 2, activation, zero_init_output))
     self.body = keras.Sequential(_down(nf, zdim, s) + up)
 
   def build(self, input_shape):
