@@ -188,6 +188,31 @@ def relief(depth, mask):
   return np.where(mask.any(axis=(1, 2)), high - low, np.nan)
 
 
+def light_strengths(light, diff_light_range, off_fraction=0.02):
+  """Mean ambient and diffuse strengths of predicted lights `[B, 4]`.
+
+  Columns 0 and 1 are the ambient and diffuse strengths in their ranges
+  (the model's `light` output). A diffuse strength at most `off_fraction`
+  of its range above the range's low end counts as off: with the diffuse
+  term off the shading is flat, the depth gets no gradient through it and
+  the depth prior flattens it (the 128 px failure in README, Resolution).
+
+  Args:
+    light: `[B, 4]` predicted lights.
+    diff_light_range: the model's (low, high) diffuse range.
+    off_fraction: share of the range counted as off.
+
+  Returns:
+    {"ambient", "diffuse": means, "diffuse_off": share of images in [0, 1]}.
+  """
+  light = np.asarray(light, np.float64)
+  low, high = diff_light_range
+  off = light[:, 1] <= low + off_fraction * (high - low)
+  return {"ambient": float(light[:, 0].mean()),
+          "diffuse": float(light[:, 1].mean()),
+          "diffuse_off": float(off.mean())}
+
+
 NETWORKS = ("net_depth", "net_albedo", "net_light", "net_view", "net_conf")
 
 
@@ -701,6 +726,12 @@ def format_stage(stage):
       f"{_fmt(rl['gt_on_gt_face'], '.4f')} (g.t. face mask, input view); "
       f"reconstructed {_fmt(rl['recon_on_eval_mask'], '.4f')} vs g.t. "
       f"{_fmt(rl['gt_on_eval_mask'], '.4f')} (evaluation mask)")
+  if stage.get("light"):  # absent from stages of older reports
+    lt = stage["light"]
+    lines.append(
+        f"light (test mean): ambient {_fmt(lt['ambient'], '.2f')}, diffuse "
+        f"{_fmt(lt['diffuse'], '.2f')}; diffuse off (within 2% of its "
+        f"range's low end) in {_fmt(lt['diffuse_off'], '.0%')} of the images")
   if stage.get("kernel_rms"):  # absent from stages of older reports
     parts = [f"{name[len('net_'):]} {_fmt(r['min'], '.4f')} / "
              f"{_fmt(r['median'], '.4f')}"
@@ -848,6 +879,7 @@ def measure_stage(model, test, summary, budget, previous_minutes,
       "relief": {k: float(np.nanmean(relief(*v))) for k, v in reliefs.items()},
       "mean_shape": mean_shape_scores(model.renderer, gt, out["canon_depth"],
                                       out["view"]),
+      "light": light_strengths(out["light"], model.diff_light_range),
       "kernel_rms": kernel_rms(model),
       "loss_terms": terms, "loss_weights": weights,
       "loss_total": summary.get("loss/total"),

@@ -378,3 +378,19 @@ def test_kernel_rms_per_network_skips_biases_and_absent_networks():
   assert ("kernel RMS per network (min / median over its convolutions): "
           "depth 2.0000 / 2.5000, view 0.0000 / 0.0000") in text
   assert "kernel RMS" not in learning_report.format_stage(_stage())
+
+
+def test_light_strengths_count_diffuse_at_the_low_end_as_off():
+  light = np.array([[0.5, 0.0, 0.1, 0.0], [0.7, 0.011, 0.0, 0.0],
+                    [0.3, 0.5, 0.0, 0.0], [0.5, 0.9, 0.0, 0.0]])
+  got = learning_report.light_strengths(light, (0.0, 0.5))
+  assert got["ambient"] == pytest.approx(0.5)
+  assert got["diffuse"] == pytest.approx(1.411 / 4)
+  assert got["diffuse_off"] == pytest.approx(0.25)  # 0.011 > 2% of 0.5
+  # The range's low end counts, not zero.
+  got = learning_report.light_strengths(light + [0, 0.2, 0, 0], (0.2, 1.2))
+  assert got["diffuse_off"] == pytest.approx(0.5)  # 0.2 and 0.211 <= 0.22
+  text = learning_report.format_stage(_stage(light=got))
+  assert ("light (test mean): ambient 0.50, diffuse 0.55; diffuse off "
+          "(within 2% of its range's low end) in 50% of the images") in text
+  assert "light (test mean)" not in learning_report.format_stage(_stage())
