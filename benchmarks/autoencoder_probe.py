@@ -20,8 +20,6 @@ reading its code. At initialisation both sizes pass the images' variation
 through; README (Resolution, "Learning at 128") has what training does.
 """
 
-import glob
-import os
 import time
 
 from absl import app
@@ -32,10 +30,12 @@ import numpy as np
 import tensorflow as tf
 
 from tf_unsup3d import networks
+from tf_unsup3d.data import datasets
 
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", "data/synthetic_128",
-    "Dataset root; its train/image files are read (the first --num_images).")
+    "Paired dataset root (train/image, train/depth); the first "
+    "--num_images train images are read.")
 _SIZES = flags.DEFINE_list("sizes", ["64", "128"], "Image sides S.")
 _STEPS = flags.DEFINE_integer("steps", 200, "Training steps per size.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Images per step.")
@@ -51,18 +51,23 @@ _SEED = flags.DEFINE_integer("seed", 0, "Initialisation and batch order.")
 
 
 def load_images(data_dir, count):
-  """The first `count` train images, `[N, H, W, 3]` in [-1, 1]."""
-  files = sorted(glob.glob(os.path.join(data_dir, "train", "image", "*")))
-  if not files:
-    raise FileNotFoundError(
-        f"No images in {os.path.join(data_dir, 'train', 'image')}: generate "
-        "them (python -m tf_unsup3d.data.synthetic --output_dir=... "
-        "--image_size=128) or pass --data_dir.")
+  """The first `count` usable train images, `[N, H, W, 3]` in [-1, 1].
+
+  The paired layout's images (`datasets.list_paired`); unreadable or
+  corrupt files are skipped and named (`datasets.check_files`).
+  """
+  paths = [image for image, _ in datasets.list_paired(data_dir, "train")]
+  check = datasets.check_files(paths[:count])
+  if not check.good:
+    raise datasets.DataError(f"None of the first {count} train images of "
+                             f"{data_dir} could be read.")
+  sizes = set(check.sizes.values())
+  if len(sizes) > 1:
+    raise datasets.DataError(f"The train images of {data_dir} differ in size "
+                             f"({sorted(sizes)}); the probe needs one size.")
   images = [tf.io.decode_image(tf.io.read_file(f), channels=3,
-                               expand_animations=False)
-            for f in files[:count]]
-  images = tf.cast(tf.stack(images), tf.float32) / 127.5 - 1.0
-  return images
+                               expand_animations=False) for f in check.good]
+  return tf.cast(tf.stack(images), tf.float32) / 127.5 - 1.0
 
 
 def relative_variation(activations):
