@@ -194,8 +194,8 @@ def light_strengths(light, diff_light_range, off_fraction=0.02):
   Columns 0 and 1 are the ambient and diffuse strengths in their ranges
   (the model's `light` output). A diffuse strength at most `off_fraction`
   of its range above the range's low end counts as off: with the diffuse
-  term off the shading is flat, the depth gets no gradient through it and
-  the depth prior flattens it (the 128 px failure in README, Resolution).
+  term off the shading is flat and the depth gets no gradient through it
+  (as in the 128 px runs at step size 3e-4, README, Resolution).
 
   Args:
     light: `[B, 4]` predicted lights.
