@@ -104,15 +104,16 @@ def main(argv):
       _PARAMS.value + ["Unsup3D.vgg_weights = None"])
   batch = gin.query_parameter("train.batch_size")
   strategy = train_lib.make_strategy(_STRATEGY.value)
+  mixed_precision = _bound("train.mixed_precision", False)
   with strategy.scope():
     if _CHECKPOINT.value:
-      model = checkpoints.load_model(_CHECKPOINT.value)
+      model = checkpoints.load_model(_CHECKPOINT.value, mixed_precision)
       optimizer = keras.optimizers.Adam(1e-4)
       optimizer.build(model.trainable_variables)
     else:
       # As the training loop builds it, in the config's precision.
       state = train_lib.build_model_and_optimizer(
-          strategy, mixed_precision=_bound("train.mixed_precision", False))
+          strategy, mixed_precision=mixed_precision)
       model, optimizer = state.model, state.optimizer
     variables = model.trainable_variables
   size = model.image_size

@@ -54,6 +54,22 @@ def test_final_weights_load_back_exactly(tiny_config, tmp_path):
              for a, b in zip(_weights(model), _weights(other)))
 
 
+def test_weights_load_into_a_mixed_bfloat16_model(tiny_config, tmp_path):
+  model = checkpoints.build_model()
+  path = str(tmp_path / "final.weights.h5")
+  checkpoints.save_final_weights(model, path)
+  loaded = checkpoints.load_model(path, mixed_precision=True)
+  assert loaded.net_depth.compute_dtype == "bfloat16"
+  assert loaded.net_albedo.compute_dtype == "bfloat16"
+  # Variables stay float32 and hold the file's values exactly.
+  for a, b in zip(model.variables, loaded.variables):
+    assert b.dtype == a.dtype
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  # The policy was only for that model: the next one is float32 again.
+  assert keras.mixed_precision.global_policy().name == "float32"
+  assert checkpoints.build_model().net_depth.compute_dtype == "float32"
+
+
 def test_final_weights_need_the_keras_suffix(tiny_config, tmp_path):
   model = checkpoints.build_model()
   with pytest.raises(ValueError, match=r"\.weights\.h5"):

@@ -224,13 +224,15 @@ def test_bfloat16_check_reads_the_cpu_flags(tmp_path, caplog, monkeypatch):
     assert train_lib.cpu_has_fast_bfloat16(str(cpuinfo)) is fast, extra
   assert train_lib.cpu_has_fast_bfloat16(str(tmp_path / "missing")) is None
   # The warning comes before the model is built; a stand-in builder stops
-  # there, and the global dtype policy is restored.
+  # there (the policy's restoring is `checkpoints.build_model`'s, tested in
+  # test_checkpoints.py).
   strategy = train_lib.make_strategy("one_device")
   monkeypatch.setattr(train_lib, "cpu_has_fast_bfloat16", lambda: False)
   monkeypatch.setattr(train_lib.tf.config, "list_physical_devices",
                       lambda kind=None: [])
 
-  def stop():
+  def stop(mixed_precision):
+    assert mixed_precision
     raise RuntimeError("stand-in builder")
 
   monkeypatch.setattr(train_lib.checkpoints, "build_model", stop)

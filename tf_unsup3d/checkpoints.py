@@ -13,6 +13,7 @@ import re
 
 from absl import flags
 from absl import logging
+import keras
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
@@ -26,18 +27,28 @@ flags.disclaim_key_flags()
 _WEIGHTS_SUFFIX = ".weights.h5"
 
 
-def build_model(**overrides):
+def build_model(mixed_precision=False, **overrides):
   """The gin-configured `Unsup3D` with its variables created.
 
   Args:
+    mixed_precision: create the networks in Keras' `mixed_bfloat16` policy
+      (bfloat16 compute, float32 variables), as `train.mixed_precision`
+      does; otherwise in the global policy.
     **overrides: constructor arguments that take precedence over the gin
       bindings (e.g. `vgg_weights=None`).
 
   Returns:
     An `Unsup3D` built for `[None, S, S, 3]` inputs, S its `image_size`.
   """
-  model = model_lib.Unsup3D(**overrides)
-  model.build((None, model.image_size, model.image_size, 3))
+  # Layers take the global dtype policy when they are created.
+  policy = keras.mixed_precision.global_policy()
+  if mixed_precision:
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  try:
+    model = model_lib.Unsup3D(**overrides)
+    model.build((None, model.image_size, model.image_size, 3))
+  finally:
+    keras.mixed_precision.set_global_policy(policy)
   return model
 
 
@@ -255,13 +266,15 @@ def _load_weights_file(model, path):
         f"{_mismatch_hint(nets or ['other'])}") from None
 
 
-def load_model(checkpoint):
+def load_model(checkpoint, mixed_precision=False):
   """Builds the gin-configured model and loads `checkpoint` into it.
 
   Args:
     checkpoint: a model_dir of `tf_unsup3d.train` (its newest intact
       checkpoint is used: newer unreadable ones are skipped with a warning),
       a `ckpt-N` prefix or a `.weights.h5` file.
+    mixed_precision: build the networks in mixed bfloat16 (`build_model`);
+      the float32 variables load either way.
 
   Raises:
     FileNotFoundError: nothing to load there.
@@ -270,7 +283,7 @@ def load_model(checkpoint):
       `Unsup3D.use_conf_map` or `Unsup3D.nf`), so a random model is never
       returned.
   """
-  model = build_model()
+  model = build_model(mixed_precision)
   if checkpoint.endswith(_WEIGHTS_SUFFIX):
     _load_weights_file(model, checkpoint)
     logging.info("Loaded %s", checkpoint)

@@ -394,21 +394,14 @@ def build_model_and_optimizer(strategy, learning_rate=1e-4, adam_epsilon=1e-8,
     (steps trained) and `epoch` (epochs finished), both 0.
   """
   with strategy.scope():
-    # Layers take the global dtype policy when they are created.
-    policy = keras.mixed_precision.global_policy()
-    if mixed_precision:
-      if (not tf.config.list_physical_devices("GPU") and
-          cpu_has_fast_bfloat16() is False):
-        logging.warning(
-            "train.mixed_precision = True on a CPU without AVX512_BF16 or "
-            "AMX-BF16: its bfloat16 convolutions are emulated and the step "
-            "runs slower than in float32; set train.mixed_precision = False "
-            "on this machine.")
-      keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-      model = checkpoints.build_model()
-    finally:
-      keras.mixed_precision.set_global_policy(policy)
+    if mixed_precision and (not tf.config.list_physical_devices("GPU") and
+                            cpu_has_fast_bfloat16() is False):
+      logging.warning(
+          "train.mixed_precision = True on a CPU without AVX512_BF16 or "
+          "AMX-BF16: its bfloat16 convolutions are emulated and the step "
+          "runs slower than in float32; set train.mixed_precision = False "
+          "on this machine.")
+    model = checkpoints.build_model(mixed_precision)
     optimizer = keras.optimizers.Adam(learning_rate, beta_1=0.9, beta_2=0.999,
                                       epsilon=adam_epsilon)
     optimizer.build(model.trainable_variables)
