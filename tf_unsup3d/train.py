@@ -394,8 +394,8 @@ def build_model_and_optimizer(strategy, learning_rate=1e-4, adam_epsilon=1e-8,
     (steps trained) and `epoch` (epochs finished), both 0.
   """
   with strategy.scope():
-    if mixed_precision and (not tf.config.list_physical_devices("GPU") and
-                            cpu_has_fast_bfloat16() is False):
+    if (mixed_precision and not tf.config.list_physical_devices("GPU")
+        and cpu_has_fast_bfloat16() is False):
       logging.warning(
           "train.mixed_precision = True on a CPU without AVX512_BF16 or "
           "AMX-BF16: its bfloat16 convolutions are emulated and the step "
