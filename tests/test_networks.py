@@ -750,34 +750,3 @@ def test_torchvision_weights_for_relu4_3_need_block4():
   np.testing.assert_array_equal(
       weights["block4_conv1"][0],
       state["features.17.weight"].transpose(2, 3, 1, 0).astype(np.float32))
-
-
-@pytest.mark.parametrize("size", [64, 128])
-def test_bilinear_upsampling_swaps_each_stride2_deconv_for_resize_conv3x3(
-    size):
-  """Same ladder; each 4x4 stride-2 deconv (16 cin cout weights) becomes a
-  bilinear x2 resize and a 3x3 conv (9 cin cout); the 1x1 -> 4x4 deconv
-  stays."""
-  x = tf.random.uniform([1, size, size, 3], -1.0, 1.0, seed=3)
-  nets = {u: networks.EDDeconv(1, zdim=ZDIM, nf=NF, image_size=size,
-                               upsampling=u) for u in ("deconv", "bilinear")}
-  outputs = {u: net(x) for u, net in nets.items()}
-  deconvs = [layer for layer in leaf_layers(nets["deconv"])
-             if isinstance(layer, keras.layers.Conv2DTranspose)]
-  strided = [layer for layer in deconvs if layer.strides == (2, 2)]
-  assert len(deconvs) == len(strided) + 1
-  saved = sum(7 * layer.kernel.shape[2] * layer.kernel.shape[3]
-              for layer in strided)
-  assert (count(nets["deconv"].trainable_weights) -
-          count(nets["bilinear"].trainable_weights)) == saved
-  resizes = [layer for layer in leaf_layers(nets["bilinear"])
-             if isinstance(layer, keras.layers.UpSampling2D)
-             and layer.interpolation == "bilinear"]
-  assert len(resizes) == len(strided)
-  assert outputs["bilinear"].shape == (1, size, size, 1)
-  assert np.all(np.isfinite(outputs["bilinear"].numpy()))
-
-
-def test_unknown_upsampling_is_value_error():
-  with pytest.raises(ValueError, match="upsampling.*'nearest'"):
-    networks.EDDeconv(1, zdim=ZDIM, nf=NF, upsampling="nearest")

@@ -124,7 +124,6 @@ class Unsup3D(keras.Model):
                rerender_view_scale=0.5,
                rerender_view_equivariance=False,
                flat_depth_init=False,
-               depth_upsampling="deconv",
                nf=64,
                zdim=256,
                light_view_nf=32,
@@ -169,9 +168,6 @@ class Unsup3D(keras.Model):
         so that every canonical depth starts flat at mid depth (the paper:
         PyTorch's default init, whose random depths give normals that are
         mostly noise, about twice as steep at 128 px as at 64).
-      depth_upsampling: how the depth decoder doubles its resolution,
-        'deconv' (the paper's transposed convolutions) or 'bilinear'
-        (resize, then 3x3 convolution; see `networks.EDDeconv`).
       nf, zdim: width and bottleneck of the depth and albedo nets (64, 256).
       light_view_nf: width of the light and view encoders (32).
       conf_zdim: bottleneck of the confidence net (128, width nf).
@@ -232,7 +228,6 @@ class Unsup3D(keras.Model):
     self.net_depth = networks.EDDeconv(1, zdim=zdim, nf=nf, activation=None,
                                        image_size=s,
                                        zero_init_output=bool(flat_depth_init),
-                                       upsampling=depth_upsampling,
                                        name="net_depth")
     self.net_albedo = networks.EDDeconv(3, zdim=zdim, nf=nf,
                                         activation="tanh", image_size=s,

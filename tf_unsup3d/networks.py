@@ -139,24 +139,10 @@ def _up_from_code(nf, image_size):
   return _deconv(_width(nf, image_size, 4), 4) + _relu()
 
 
-UPSAMPLINGS = ("deconv", "bilinear")
-
-
-def _up_stage(nf, image_size, resolution, upsampling="deconv"):
-  """x2 to `resolution`, GroupNorm, ReLU.
-
-  'deconv' is the paper's 4x4 stride-2 transposed convolution; 'bilinear'
-  resizes and then convolves 3x3, which cannot leave the transposed
-  convolution's period-2 pattern (its kernel taps reach alternate output
-  pixels unevenly) in the output.
-  """
+def _up_stage(nf, image_size, resolution):
+  """x2 deconv to `resolution`, GroupNorm, ReLU."""
   c = _width(nf, image_size, resolution)
-  if upsampling == "bilinear":
-    up = ([keras.layers.UpSampling2D(2, interpolation="bilinear")] +
-          _conv(c, 3, 1, 1))
-  else:
-    up = _deconv(c, 4, 2, 1)
-  return up + _gn(c) + _relu()
+  return _deconv(c, 4, 2, 1) + _gn(c) + _relu()
 
 
 class Encoder(keras.Model):
@@ -193,26 +179,22 @@ class EDDeconv(keras.Model):
   zdim 256 and nf 64 in the paper; S in `IMAGE_SIZES` (64 is the paper's).
   `zero_init_output` starts the last convolution at zero, so that the
   network's first output is 0 everywhere (the paper: PyTorch's default
-  init throughout). `upsampling` is how the decoder doubles from 4x4 to
-  S/2: 'deconv' (the paper's) or 'bilinear' (see `_up_stage`).
+  init throughout).
   """
 
   def __init__(self, cout, zdim=256, nf=64, activation=None, image_size=64,
-               zero_init_output=False, upsampling="deconv", **kwargs):
+               zero_init_output=False, **kwargs):
     super().__init__(**kwargs)
     _check_nf(nf)
     _check_image_size(image_size)
     if activation not in (None, "tanh"):
       raise ValueError(f"activation must be None or 'tanh', got {activation}.")
-    if upsampling not in UPSAMPLINGS:
-      raise ValueError(f"upsampling must be one of {UPSAMPLINGS}, got "
-                       f"{upsampling!r}.")
     self.image_size = s = image_size
     c4 = _width(nf, s, 4)
     up = _up_from_code(nf, s) + _conv(c4, 3, 1, 1) + _relu()
     for r in reversed(_halvings(s)[:-1]):  # 8 ... S/2
       c = _width(nf, s, r)
-      up += _up_stage(nf, s, r, upsampling) + _conv(c, 3, 1, 1) + _gn(c) + _relu()
+      up += _up_stage(nf, s, r) + _conv(c, 3, 1, 1) + _gn(c) + _relu()
     up += ([keras.layers.UpSampling2D(2, interpolation="nearest")] +
            _conv(nf, 3, 1, 1) + _gn(nf) + _relu() +
            _conv(nf, 5, 1, 2) + _gn(nf) + _relu() +
