@@ -313,27 +313,6 @@ def test_eased_in_weights_start_late_and_ramp_up(term):
     train_lib.Schedules(1e-4, **{f"{term}_ramp_steps": -5})
 
 
-def test_the_depth_deviation_weight_follows_the_budget_once_eased_in():
-  grow = train_lib.Schedules(1e-4, lam_depth_deviation=0.5,
-                             depth_deviation_start_step=100,
-                             depth_deviation_ramp_steps=100,
-                             final_lam_depth_deviation=2.5)
-  # Nothing before the start, whatever the budget says.
-  assert grow.lam_depth_deviation_at(50, fraction=0.9) == 0.0
-  # Fully eased in: the cosine between the two weights, (0.5 + 2.5) / 2
-  # halfway through the budget.
-  assert grow.lam_depth_deviation_at(500, fraction=0.0) == pytest.approx(0.5)
-  assert grow.lam_depth_deviation_at(500, fraction=0.5) == pytest.approx(1.5)
-  assert grow.lam_depth_deviation_at(500, fraction=1.0) == pytest.approx(2.5)
-  # Halfway up the ramp: half of the budget's weight.
-  assert grow.lam_depth_deviation_at(150, fraction=0.5) == pytest.approx(0.75)
-  with pytest.raises(ValueError, match="needs Unsup3D.lam_depth_deviation"):
-    train_lib.Schedules(1e-4, final_lam_depth_deviation=1.0)
-  with pytest.raises(ValueError, match="weight >= 0, got 0.5 and -1"):
-    train_lib.Schedules(1e-4, lam_depth_deviation=0.5,
-                        final_lam_depth_deviation=-1.0)
-
-
 def test_a_resumed_epoch_skips_the_batches_it_trained_on():
   # 4 steps an epoch.
   assert train_lib.batches_to_skip(0, 0, 4) == 0

@@ -290,7 +290,6 @@ class Schedules:
   lam_depth_deviation: float = 0.0
   depth_deviation_start_step: int = 0
   depth_deviation_ramp_steps: int = 0
-  final_lam_depth_deviation: Optional[float] = None
 
   def __post_init__(self):
     if self.learning_rate_schedule not in ("constant", "cosine"):
@@ -299,12 +298,6 @@ class Schedules:
     if self.final_lam_depth_sm is not None and self.lam_depth_sm <= 0:
       raise ValueError("train.final_lam_depth_sm needs Unsup3D.lam_depth_sm "
                        "> 0 (the term is not computed otherwise).")
-    if self.final_lam_depth_deviation is not None and (
-        self.lam_depth_deviation <= 0 or self.final_lam_depth_deviation < 0):
-      raise ValueError(
-          "train.final_lam_depth_deviation needs Unsup3D.lam_depth_deviation "
-          "> 0 (the term is not computed otherwise) and a weight >= 0, got "
-          f"{self.lam_depth_deviation} and {self.final_lam_depth_deviation}.")
     if self.initial_lam_flip is not None and (
         self.initial_lam_flip < 0 or self.lam_flip_warmup_steps <= 0):
       raise ValueError(
@@ -352,17 +345,10 @@ class Schedules:
     return eased_in(self.lam_rerender_view, self.rerender_view_start_step,
                     self.rerender_view_ramp_steps, step)
 
-  def lam_depth_deviation_at(self, step, fraction=0.0):
+  def lam_depth_deviation_at(self, step):
     """The depth deviation term's weight at `step` (over resumed runs),
-    eased in (`eased_in`) from depth_deviation_start_step; with
-    final_lam_depth_deviation the eased weight moves from
-    lam_depth_deviation to it along half a cosine over the budget, whose
-    `fraction` in [0, 1] is spent."""
-    weight = self.lam_depth_deviation
-    if self.final_lam_depth_deviation is not None:
-      weight = float(cosine_schedule(weight, self.final_lam_depth_deviation,
-                                     fraction))
-    return eased_in(weight, self.depth_deviation_start_step,
+    eased in (`eased_in`) from depth_deviation_start_step."""
+    return eased_in(self.lam_depth_deviation, self.depth_deviation_start_step,
                     self.depth_deviation_ramp_steps, step)
 
 
@@ -708,7 +694,7 @@ class Runner:
     self.lam_flip = schedules.lam_flip_at(self.epoch, self.start_step)
     self.lam_rerender_view = schedules.lam_rerender_view_at(self.start_step)
     self.lam_depth_deviation = schedules.lam_depth_deviation_at(
-        self.start_step, budget.fraction(self.start_step))
+        self.start_step)
     self.last_terms, self.val_scores = {}, {}
     self._saved = None  # (step, epoch) of this run's newest checkpoint
 
@@ -770,7 +756,7 @@ class Runner:
     self.lam_flip = self.schedules.lam_flip_at(self.epoch, self.step)
     self.lam_rerender_view = self.schedules.lam_rerender_view_at(self.step)
     self.lam_depth_deviation = self.schedules.lam_depth_deviation_at(
-        self.step, self.budget.fraction(self.step))
+        self.step)
     self.checkpoint.optimizer.learning_rate.assign(self.learning_rate)
     terms, view, light = self.train_step(
         batch, tf.constant(self.lam_flip, tf.float32),
@@ -853,7 +839,7 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
           initial_lam_flip=None, lam_flip_warmup_steps=0,
           rerender_view_start_step=0, rerender_view_ramp_steps=0,
           depth_deviation_start_step=0, depth_deviation_ramp_steps=0,
-          final_lam_depth_deviation=None, jit_compile=False, mixed_precision=False, keep_checkpoints=3,
+          jit_compile=False, mixed_precision=False, keep_checkpoints=3,
           checkpoint_every_steps=1000, summary_every_steps=50,
           image_summary_every_steps=500, max_steps=None, max_seconds=None,
           generate_synthetic_data=False, seed=0):
@@ -896,10 +882,6 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
       the depth deviation term (`Unsup3D.lam_depth_deviation`): from the
       first step it holds every face to one template before the depth has
       a face's relief, and the template then stays a tilt.
-    final_lam_depth_deviation: None keeps the depth deviation weight at
-      `Unsup3D.lam_depth_deviation` once eased in; a value moves it there
-      along half a cosine over the run's budget, e.g. to hold the per-face
-      depth closer to the shared shape once that shape has formed.
     jit_compile: compile each replica's step with XLA.
     mixed_precision: run the networks in mixed bfloat16 (rendering and
       losses stay float32).
@@ -934,8 +916,7 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
       rerender_view_ramp_steps=rerender_view_ramp_steps,
       lam_depth_deviation=model.lam_depth_deviation,
       depth_deviation_start_step=depth_deviation_start_step,
-      depth_deviation_ramp_steps=depth_deviation_ramp_steps,
-      final_lam_depth_deviation=final_lam_depth_deviation)
+      depth_deviation_ramp_steps=depth_deviation_ramp_steps)
   manager = restore(checkpoint, model_dir, output_dir, keep_checkpoints)
   data = prepare_data(strategy, model_dir, checkpoint.epoch.numpy,
                       batch_size, seed, generate_synthetic_data)
