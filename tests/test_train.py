@@ -265,7 +265,15 @@ def test_schedules_follow_the_budget_and_check_their_settings():
   assert cosine.at(0.0) == pytest.approx((1e-3, 1.0))
   assert cosine.at(0.5) == pytest.approx((0.55e-3, 0.6))
   assert cosine.at(1.0) == pytest.approx((1e-4, 0.2))
-  with pytest.raises(ValueError, match="'constant' or 'cosine', got 'step'"):
+  drop = train_lib.Schedules(1e-3, "step", 0.1, learning_rate_drop_step=600,
+                             lam_depth_sm=1.0)
+  # Steps, not the budget's fraction, decide the drop.
+  assert drop.at(0.9, step=599) == pytest.approx((1e-3, 1.0))
+  assert drop.at(0.1, step=600) == pytest.approx((1e-4, 1.0))
+  assert drop.at(1.0, step=5000) == pytest.approx((1e-4, 1.0))
+  with pytest.raises(ValueError, match="'cosine' or 'step', got 'linear'"):
+    train_lib.Schedules(1e-3, "linear")
+  with pytest.raises(ValueError, match="learning_rate_drop_step > 0"):
     train_lib.Schedules(1e-3, "step")
   with pytest.raises(ValueError, match="needs Unsup3D.lam_depth_sm > 0"):
     train_lib.Schedules(1e-3, lam_depth_sm=0.0, final_lam_depth_sm=0.1)

@@ -278,6 +278,7 @@ class Schedules:
   learning_rate: float
   learning_rate_schedule: str = "constant"
   final_learning_rate_ratio: float = 0.0
+  learning_rate_drop_step: Optional[int] = None
   lam_depth_sm: float = 0.0
   final_lam_depth_sm: Optional[float] = None
   lam_flip: float = 0.5
@@ -292,9 +293,15 @@ class Schedules:
   depth_deviation_ramp_steps: int = 0
 
   def __post_init__(self):
-    if self.learning_rate_schedule not in ("constant", "cosine"):
-      raise ValueError("train.learning_rate_schedule must be 'constant' or "
-                       f"'cosine', got {self.learning_rate_schedule!r}.")
+    if self.learning_rate_schedule not in ("constant", "cosine", "step"):
+      raise ValueError("train.learning_rate_schedule must be 'constant', "
+                       f"'cosine' or 'step', got "
+                       f"{self.learning_rate_schedule!r}.")
+    if self.learning_rate_schedule == "step" and not (
+        self.learning_rate_drop_step and self.learning_rate_drop_step > 0):
+      raise ValueError("train.learning_rate_schedule = 'step' needs "
+                       "train.learning_rate_drop_step > 0, got "
+                       f"{self.learning_rate_drop_step}.")
     if self.final_lam_depth_sm is not None and self.lam_depth_sm <= 0:
       raise ValueError("train.final_lam_depth_sm needs Unsup3D.lam_depth_sm "
                        "> 0 (the term is not computed otherwise).")
@@ -312,14 +319,17 @@ class Schedules:
             f"train.{term}_start_step and train.{term}_ramp_steps must be "
             f">= 0, got {start} and {ramp}.")
 
-  def at(self, fraction):
+  def at(self, fraction, step=0):
     """(learning rate, depth-prior weight) with `fraction` of the budget
-    spent, fraction in [0, 1]."""
+    spent, fraction in [0, 1], at `step` (over resumed runs too)."""
     learning_rate = self.learning_rate
     if self.learning_rate_schedule == "cosine":
       learning_rate = cosine_schedule(
           self.learning_rate,
           self.learning_rate * self.final_learning_rate_ratio, fraction)
+    elif (self.learning_rate_schedule == "step" and
+          step >= self.learning_rate_drop_step):
+      learning_rate = self.learning_rate * self.final_learning_rate_ratio
     lam_depth_sm = self.lam_depth_sm
     if self.final_lam_depth_sm is not None:
       lam_depth_sm = cosine_schedule(self.lam_depth_sm,
@@ -690,7 +700,7 @@ class Runner:
     self.checkpoint_every_steps = checkpoint_every_steps
     self.start_step = self.step
     self.learning_rate, self.lam_depth_sm = schedules.at(
-        budget.fraction(self.start_step))
+        budget.fraction(self.start_step), self.start_step)
     self.lam_flip = schedules.lam_flip_at(self.epoch, self.start_step)
     self.lam_rerender_view = schedules.lam_rerender_view_at(self.start_step)
     self.lam_depth_deviation = schedules.lam_depth_deviation_at(
@@ -752,7 +762,7 @@ class Runner:
       FloatingPointError: the loss is not finite.
     """
     self.learning_rate, self.lam_depth_sm = self.schedules.at(
-        self.budget.fraction(self.step))
+        self.budget.fraction(self.step), self.step)
     self.lam_flip = self.schedules.lam_flip_at(self.epoch, self.step)
     self.lam_rerender_view = self.schedules.lam_rerender_view_at(self.step)
     self.lam_depth_deviation = self.schedules.lam_depth_deviation_at(
@@ -835,6 +845,7 @@ def finish(runner, model_dir, output_dir, is_chief):
 def train(model_dir, strategy, batch_size=64, num_epochs=30,
           learning_rate=1e-4, weight_decay=5e-4, adam_epsilon=1e-8,
           learning_rate_schedule="constant", final_learning_rate_ratio=0.0,
+          learning_rate_drop_step=None,
           final_lam_depth_sm=None, lam_flip_start_epoch=0,
           initial_lam_flip=None, lam_flip_warmup_steps=0,
           rerender_view_start_step=0, rerender_view_ramp_steps=0,
@@ -858,10 +869,12 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
     weight_decay: L2 weight decay added to the gradient before Adam
       (PyTorch's `weight_decay` semantics, not AdamW), 5e-4.
     adam_epsilon: Adam's epsilon (PyTorch's default 1e-8).
-    learning_rate_schedule: 'constant' (the paper) or 'cosine': from
+    learning_rate_schedule: 'constant' (the paper), 'cosine': from
       learning_rate down to final_learning_rate_ratio * learning_rate over
-      the run's budget (`budget_fraction`).
+      the run's budget (`budget_fraction`), or 'step': learning_rate until
+      learning_rate_drop_step, then final_learning_rate_ratio times it.
     final_learning_rate_ratio: see learning_rate_schedule.
+    learning_rate_drop_step: see learning_rate_schedule, > 0 with 'step'.
     final_lam_depth_sm: None keeps `Unsup3D.lam_depth_sm` constant (the
       paper); a value moves the weight to it along the same cosine.
     lam_flip_start_epoch: before this epoch the flip terms weigh 1, from it
@@ -907,6 +920,7 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
   datasets.check_image_size(model.image_size)
   schedules = Schedules(
       learning_rate, learning_rate_schedule, final_learning_rate_ratio,
+      learning_rate_drop_step,
       lam_depth_sm=model.lam_depth_sm, final_lam_depth_sm=final_lam_depth_sm,
       lam_flip=model.lam_flip, lam_flip_start_epoch=lam_flip_start_epoch,
       initial_lam_flip=initial_lam_flip,
