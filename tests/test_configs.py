@@ -94,8 +94,9 @@ VARIANTS_128 = {
         "train.num_epochs", "train.checkpoint_every_steps",
         "train.summary_every_steps", "train.image_summary_every_steps",
         # The paper's step size: the 128 px networks stop reading their
-        # code at synthetic.gin's 3e-4 (README, Resolution).
-        "train.learning_rate"}),
+        # code at synthetic.gin's 3e-4 (README, Resolution); constant, as
+        # the depth still forms when synthetic.gin drops the step.
+        "train.learning_rate", "train.learning_rate_schedule"}),
     **{name: (name[:-len("_128")], set(AT_128)) for name in PAPER_128},
 }
 
