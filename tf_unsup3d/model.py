@@ -66,8 +66,14 @@ OUTPUTS = {
 }
 
 
-def _without_tilt(depth):
-  """`[B, S, S]` zero-mean maps minus their least-squares planes' slopes."""
+DEPTH_TILTS = (None, "vertical", "both")
+
+
+def _without_tilt(depth, axes="both"):
+  """`[B, S, S]` zero-mean maps minus their least-squares planes' slopes.
+
+  axes: 'vertical' (top to bottom only) or 'both'.
+  """
   with tf.name_scope("without_tilt"):
     s = depth.shape[-1]
     # Centred pixel coordinates: orthogonal to the constant and to each other.
@@ -75,9 +81,12 @@ def _without_tilt(depth):
     norm = float(s) * tf.reduce_sum(tf.square(coords))
     x = coords[tf.newaxis, tf.newaxis, :]
     y = coords[tf.newaxis, :, tf.newaxis]
-    slope_x = tf.reduce_sum(depth * x, axis=[1, 2], keepdims=True) / norm
     slope_y = tf.reduce_sum(depth * y, axis=[1, 2], keepdims=True) / norm
-    return depth - slope_x * x - slope_y * y
+    depth = depth - slope_y * y
+    if axes == "both":
+      slope_x = tf.reduce_sum(depth * x, axis=[1, 2], keepdims=True) / norm
+      depth = depth - slope_x * x
+    return depth
 
 
 def _named_factors(canon_depth, canon_albedo, shaded, view):
@@ -138,7 +147,7 @@ class Unsup3D(keras.Model):
                rerender_view_scale=0.5,
                rerender_view_equivariance=False,
                flat_depth_init=False,
-               remove_depth_tilt=False,
+               remove_depth_tilt=None,
                nf=64,
                zdim=256,
                light_view_nf=32,
@@ -183,12 +192,13 @@ class Unsup3D(keras.Model):
         so that every canonical depth starts flat at mid depth (the paper:
         PyTorch's default init, whose random depths give normals that are
         mostly noise, about twice as steep at 128 px as at 64).
-      remove_depth_tilt: remove from each raw canonical depth its
-        least-squares plane's slopes, as its mean is removed (the paper:
-        the mean only). A tilted canonical depth and a turned view explain
-        an image alike: symmetry rules out a left-right tilt, nothing but
-        the shape shared across images rules out a top-to-bottom one, and
-        without this it is taken up per image by the depth, not the view.
+      remove_depth_tilt: None (the paper), 'vertical' or 'both': remove
+        from each raw canonical depth its least-squares plane's slope top
+        to bottom, or both slopes, as its mean is removed. A tilted
+        canonical depth and a turned view explain an image alike: symmetry
+        rules out a left-right tilt, nothing but the shape shared across
+        images rules out a top-to-bottom one, and in minutes of training
+        the depth takes it up per image instead of the view.
       nf, zdim: width and bottleneck of the depth and albedo nets (64, 256).
       light_view_nf: width of the light and view encoders (32).
       conf_zdim: bottleneck of the confidence net (128, width nf).
@@ -241,7 +251,10 @@ class Unsup3D(keras.Model):
     if not 0.0 < self.rerender_view_scale <= 1.0:
       raise ValueError(f"rerender_view_scale must be in (0, 1], got "
                        f"{rerender_view_scale}.")
-    self.remove_depth_tilt = bool(remove_depth_tilt)
+    if remove_depth_tilt not in DEPTH_TILTS:
+      raise ValueError(f"remove_depth_tilt must be one of {DEPTH_TILTS}, "
+                       f"got {remove_depth_tilt!r}.")
+    self.remove_depth_tilt = remove_depth_tilt
     self.renderer = renderer_lib.Renderer(
         image_size=image_size, fov=fov, min_depth=min_depth,
         max_depth=max_depth, rot_center_depth=rot_center_depth,
@@ -289,7 +302,7 @@ class Unsup3D(keras.Model):
     two leftmost and rightmost columns fixed at border_depth."""
     depth = raw - tf.reduce_mean(raw, axis=[1, 2], keepdims=True)
     if self.remove_depth_tilt:
-      depth = _without_tilt(depth)
+      depth = _without_tilt(depth, self.remove_depth_tilt)
     depth = _rescale(tf.tanh(depth), self.min_depth, self.max_depth)
     s = self.image_size
     border = tf.constant([1.0] * 2 + [0.0] * (s - 4) + [1.0] * 2)
