@@ -407,11 +407,15 @@ def test_remove_depth_tilt_leaves_no_least_squares_slope():
   design = np.stack([np.ones(S * S), xx.ravel(), yy.ravel()], axis=1)
   raw = np.random.default_rng(3).normal(size=(2, S, S)) + 0.3 * xx - 0.2 * yy
   untilted = model_lib._without_tilt(
-      tf.constant(raw - raw.mean(axis=(1, 2), keepdims=True)))
+      tf.constant(raw - raw.mean(axis=(1, 2), keepdims=True)), "both")
+  vertical = model_lib._without_tilt(
+      tf.constant(raw - raw.mean(axis=(1, 2), keepdims=True)), "vertical")
   for i in range(2):
     fit = np.linalg.lstsq(design, raw[i].ravel(), rcond=None)[0]
     expected = raw[i] - fit[0] - fit[1] * xx - fit[2] * yy
     np.testing.assert_allclose(untilted[i], expected, atol=1e-10)
+    np.testing.assert_allclose(vertical[i], expected + fit[1] * (xx - (S - 1) / 2),
+                               atol=1e-10)
   # Through the model: a plane alone gives a flat canonical depth at mid
   # depth; a map without tilt (even in x and in y) comes out as without
   # the option.
@@ -424,3 +428,5 @@ def test_remove_depth_tilt_leaves_no_least_squares_slope():
   np.testing.assert_allclose(model._canonical_depth(even)[0],
                              tiny_model()._canonical_depth(even)[0],
                              atol=1e-6)
+  with pytest.raises(ValueError, match="vertical"):
+    tiny_model(remove_depth_tilt=True)

@@ -127,6 +127,39 @@ def test_loss_sees_only_the_mirror_symmetric_part_of_the_factors():
              mirrored) > 1e-6  # the loss does depend on the factors
 
 
+def test_depth_term_trains_only_the_depth_network_from_the_same_schedule():
+  model = tiny_model(lam_rerender_view=2.0, rerender_canonical_depth=True)
+  rng = np.random.default_rng(3)
+  x = tf.constant(rng.uniform(0, 1, (2, S, S, 3)).astype(np.float32))
+  with tf.GradientTape(persistent=True) as tape:
+    out = model(x, training=True)
+    terms = model.compute_losses(x, out, lam_rerender_view=0.7)
+  np.testing.assert_allclose(
+      float(terms["total"]),
+      float(terms["photometric"] + 0.5 * terms["photometric_flip"] +
+            0.7 * (terms["rerender_view"] + terms["rerender_depth"])),
+      rtol=1e-6)
+  grads = tape.gradient(terms["rerender_depth"], model.trainable_variables)
+  depth_ids = {id(v) for v in model.net_depth.trainable_variables}
+  for v, g in zip(model.trainable_variables, grads):
+    assert (g is not None) == (id(v) in depth_ids), v.path
+  assert "rerender_depth" not in tiny_model(
+      lam_rerender_view=2.0).compute_losses(x, out)
+
+
+def test_depth_term_is_the_mean_depth_error_per_depth_range():
+  # A flat-started depth network predicts mid depth (1.0) for any image, so
+  # the term is the mean |target - 1| / 0.2 of the symmetrised target.
+  model = tiny_model(lam_rerender_view=1.0, rerender_canonical_depth=True,
+                     flat_depth_init=True)
+  depth = smooth_depth(2, seed=9)
+  rendered = tf.random.uniform([2, S, S, 3], -1, 1, seed=10)
+  total, count = model._rerender_depth_loss_sums(rendered, depth)
+  assert float(count) == 2 * S * S
+  expected = np.abs(depth.numpy() - 1.0).mean() / 0.2
+  np.testing.assert_allclose(float(total / count), expected, rtol=1e-5)
+
+
 def test_equivariance_term_is_the_error_of_the_turned_input_view():
   # Brute force: render the input on its reconstructed depth turned by T,
   # and compare the view network's reading with T composed with the

@@ -146,6 +146,7 @@ class Unsup3D(keras.Model):
                lam_rerender_view=0.0,
                rerender_view_scale=0.5,
                rerender_view_equivariance=False,
+               rerender_canonical_depth=False,
                flat_depth_init=False,
                remove_depth_tilt=None,
                nf=64,
@@ -188,6 +189,11 @@ class Unsup3D(keras.Model):
         on its reconstructed depth, turned by a random view within the same
         ranges, and asks the view network for the turn composed with its
         own prediction for the input (see `view_equivariance_loss_sums`).
+      rerender_canonical_depth: the term also asks the depth network, on
+        the same renderings, for the mirror-symmetric canonical depth they
+        were rendered from (L1 per depth range, the term's weight; reported
+        as `rerender_depth`): a turned face then has the frontal face's
+        canonical depth, and its turn is left to the view.
       flat_depth_init: start the depth network's last convolution at zero,
         so that every canonical depth starts flat at mid depth (the paper:
         PyTorch's default init, whose random depths give normals that are
@@ -248,6 +254,7 @@ class Unsup3D(keras.Model):
     self.lam_rerender_view = float(lam_rerender_view)
     self.rerender_view_scale = float(rerender_view_scale)
     self.rerender_view_equivariance = bool(rerender_view_equivariance)
+    self.rerender_canonical_depth = bool(rerender_canonical_depth)
     if not 0.0 < self.rerender_view_scale <= 1.0:
       raise ValueError(f"rerender_view_scale must be in (0, 1], got "
                        f"{rerender_view_scale}.")
@@ -467,7 +474,7 @@ class Unsup3D(keras.Model):
     Returns:
       Dict of scalars: `total`, `photometric`, `photometric_flip` and, when
       enabled, `perceptual`, `perceptual_flip`, `multiscale`,
-      `multiscale_flip`, `rerender_view`, `depth_smoothness`,
+      `multiscale_flip`, `rerender_view`, `rerender_depth`, `depth_smoothness`,
       `depth_deviation`. The photometric terms compare images in [-1, 1]
       like the paper.
     """
@@ -510,13 +517,17 @@ class Unsup3D(keras.Model):
         total += self.lam_multiscale * (terms["multiscale"] +
                                         lam_flip * terms["multiscale_flip"])
       if self.lam_rerender_view > 0:
-        sums = self.rerender_view_loss_sums(outputs)
+        lam_rerender_view = (self.lam_rerender_view if lam_rerender_view is None
+                             else lam_rerender_view)
+        sums, depth_sums = self._rerender_loss_sums(outputs)
         if self.rerender_view_equivariance:
           extra = self.view_equivariance_loss_sums(images, outputs)
           sums = (sums[0] + extra[0], sums[1] + extra[1])
         terms["rerender_view"] = ratio(sums)
-        total += (self.lam_rerender_view if lam_rerender_view is None
-                  else lam_rerender_view) * terms["rerender_view"]
+        total += lam_rerender_view * terms["rerender_view"]
+        if depth_sums is not None:
+          terms["rerender_depth"] = ratio(depth_sums)
+          total += lam_rerender_view * terms["rerender_depth"]
       if self.lam_depth_sm > 0:
         lam_depth_sm = (self.lam_depth_sm if lam_depth_sm is None
                         else lam_depth_sm)
@@ -563,6 +574,12 @@ class Unsup3D(keras.Model):
     Returns:
       (sum of absolute errors, number of terms): scalars.
     """
+    return self._rerender_loss_sums(outputs, target)[0]
+
+  def _rerender_loss_sums(self, outputs, target=None):
+    """`rerender_view_loss_sums`, and with `rerender_canonical_depth` the
+    depth network's on the same renderings (`rerender_depth_loss`), else
+    None."""
     with tf.name_scope("rerender_view_loss"):
       mirror_mean = lambda x: tf.stop_gradient((x + _flip(x)) / 2.0)
       depth = mirror_mean(outputs["canon_depth"])
@@ -579,8 +596,22 @@ class Unsup3D(keras.Model):
       rendered = tf.stop_gradient(self.rerender(image, depth, target))
       predicted = tf.cast(self.net_view(rendered, training=True), tf.float32)
       error = tf.abs(predicted - target) * active
-      return (tf.reduce_sum(error),
-              tf.cast(batch, tf.float32) * tf.reduce_sum(active))
+      view_sums = (tf.reduce_sum(error),
+                   tf.cast(batch, tf.float32) * tf.reduce_sum(active))
+      depth_sums = None
+      if self.rerender_canonical_depth:
+        depth_sums = self._rerender_depth_loss_sums(
+            rendered, mirror_mean(outputs["canon_depth_unbordered"]))
+      return view_sums, depth_sums
+
+  def _rerender_depth_loss_sums(self, rendered, depth):
+    """L1 / depth range of the canonical depth predicted for `rendered`
+    against the `[B, S, S]` canonical depth it was rendered from."""
+    with tf.name_scope("rerender_depth_loss"):
+      raw = tf.cast(self.net_depth(rendered, training=True), tf.float32)
+      predicted, _ = self._canonical_depth(raw[..., 0])
+      error = tf.abs(predicted - depth) / (self.max_depth - self.min_depth)
+      return tf.reduce_sum(error), tf.cast(tf.size(error), tf.float32)
 
   def _active_view_components(self):
     """`[6]` 1 for view components whose range is not 0, else 0."""
