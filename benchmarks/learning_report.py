@@ -154,6 +154,8 @@ def loss_weights(lam_flip, lam_perc, lam_depth_sm, lam_multiscale=0.0,
           "multiscale": lam_multiscale,
           "multiscale_flip": lam_multiscale * lam_flip,
           "rerender_view": lam_rerender_view,
+          # Computed only with Unsup3D.rerender_canonical_depth.
+          "rerender_depth": lam_rerender_view,
           "depth_smoothness": lam_depth_sm,
           "depth_deviation": lam_depth_deviation}
 

@@ -89,6 +89,28 @@ def test_loss_shares_sum_to_one_and_follow_the_weights():
   assert sum(perceptual.values()) == pytest.approx(1.0)
 
 
+def test_every_term_of_the_model_has_a_weight_that_rebuilds_the_total():
+  """With every optional term on, the report's weights give the model's
+  total: shares then cover the whole loss."""
+  from tf_unsup3d import model as model_lib  # pylint: disable=g-import-not-at-top
+  model = model_lib.Unsup3D(
+      nf=8, zdim=16, light_view_nf=4, use_conf_map=False, lam_perc=0.0,
+      vgg_weights=None, lam_depth_sm=0.3, lam_depth_deviation=0.2,
+      lam_multiscale=0.4, multiscale_factors=(2,), lam_rerender_view=2.0,
+      rerender_canonical_depth=True)
+  x = tf.random.uniform([2, 64, 64, 3], seed=3)
+  terms = {k: float(v) for k, v in
+           model.compute_losses(x, model(x, training=True)).items()}
+  total = terms.pop("total")
+  weights = learning_report.loss_weights(
+      model.lam_flip, model.lam_perc, model.lam_depth_sm,
+      model.lam_multiscale, model.lam_rerender_view,
+      model.lam_depth_deviation)
+  assert set(terms) <= set(weights)
+  assert sum(weights[k] * v for k, v in terms.items()) == pytest.approx(
+      total, rel=1e-5)
+
+
 def test_relief_is_the_range_over_the_mask():
   depth = np.ones((3, 4, 4))
   depth[0, 1, 1], depth[0, 2, 2], depth[0, 0, 0] = 0.9, 1.05, 0.5

@@ -399,34 +399,3 @@ def test_relu4_3_sizes_the_perceptual_confidence():
 def test_unknown_vgg_layer_is_value_error():
   with pytest.raises(ValueError, match="relu4_3"):
     tiny_model(vgg_layer="relu2_2")
-
-
-def test_remove_depth_tilt_leaves_no_least_squares_slope():
-  """Against a brute-force plane fit (numpy lstsq) of the raw depth."""
-  yy, xx = np.mgrid[0:S, 0:S].astype(np.float64)
-  design = np.stack([np.ones(S * S), xx.ravel(), yy.ravel()], axis=1)
-  raw = np.random.default_rng(3).normal(size=(2, S, S)) + 0.3 * xx - 0.2 * yy
-  untilted = model_lib._without_tilt(
-      tf.constant(raw - raw.mean(axis=(1, 2), keepdims=True)), "both")
-  vertical = model_lib._without_tilt(
-      tf.constant(raw - raw.mean(axis=(1, 2), keepdims=True)), "vertical")
-  for i in range(2):
-    fit = np.linalg.lstsq(design, raw[i].ravel(), rcond=None)[0]
-    expected = raw[i] - fit[0] - fit[1] * xx - fit[2] * yy
-    np.testing.assert_allclose(untilted[i], expected, atol=1e-10)
-    np.testing.assert_allclose(vertical[i], expected + fit[1] * (xx - (S - 1) / 2),
-                               atol=1e-10)
-  # Through the model: a plane alone gives a flat canonical depth at mid
-  # depth; a map without tilt (even in x and in y) comes out as without
-  # the option.
-  model = tiny_model(remove_depth_tilt="both")
-  plane = tf.constant(0.01 * (3 * xx - 2 * yy)[None], tf.float32)
-  depth, _ = model._canonical_depth(plane)
-  np.testing.assert_allclose(depth, 1.0, atol=1e-5)
-  even = np.cos(np.linspace(-2, 2, S))
-  even = tf.constant((even[:, None] * even[None, :])[None], tf.float32)
-  np.testing.assert_allclose(model._canonical_depth(even)[0],
-                             tiny_model()._canonical_depth(even)[0],
-                             atol=1e-6)
-  with pytest.raises(ValueError, match="vertical"):
-    tiny_model(remove_depth_tilt=True)

@@ -66,29 +66,6 @@ OUTPUTS = {
 }
 
 
-DEPTH_TILTS = (None, "vertical", "both")
-
-
-def _without_tilt(depth, axes="both"):
-  """`[B, S, S]` zero-mean maps minus their least-squares planes' slopes.
-
-  axes: 'vertical' (top to bottom only) or 'both'.
-  """
-  with tf.name_scope("without_tilt"):
-    s = depth.shape[-1]
-    # Centred pixel coordinates: orthogonal to the constant and to each other.
-    coords = tf.range(s, dtype=depth.dtype) - (s - 1) / 2.0
-    norm = float(s) * tf.reduce_sum(tf.square(coords))
-    x = coords[tf.newaxis, tf.newaxis, :]
-    y = coords[tf.newaxis, :, tf.newaxis]
-    slope_y = tf.reduce_sum(depth * y, axis=[1, 2], keepdims=True) / norm
-    depth = depth - slope_y * y
-    if axes == "both":
-      slope_x = tf.reduce_sum(depth * x, axis=[1, 2], keepdims=True) / norm
-      depth = depth - slope_x * x
-    return depth
-
-
 def _named_factors(canon_depth, canon_albedo, shaded, view):
   """The canonical factors under their output names (`FACTORS`).
 
@@ -148,7 +125,6 @@ class Unsup3D(keras.Model):
                rerender_view_equivariance=False,
                rerender_canonical_depth=False,
                flat_depth_init=False,
-               remove_depth_tilt=None,
                nf=64,
                zdim=256,
                light_view_nf=32,
@@ -198,13 +174,6 @@ class Unsup3D(keras.Model):
         so that every canonical depth starts flat at mid depth (the paper:
         PyTorch's default init, whose random depths give normals that are
         mostly noise, about twice as steep at 128 px as at 64).
-      remove_depth_tilt: None (the paper), 'vertical' or 'both': remove
-        from each raw canonical depth its least-squares plane's slope top
-        to bottom, or both slopes, as its mean is removed. A tilted
-        canonical depth and a turned view explain an image alike: symmetry
-        rules out a left-right tilt, nothing but the shape shared across
-        images rules out a top-to-bottom one, and in minutes of training
-        the depth takes it up per image instead of the view.
       nf, zdim: width and bottleneck of the depth and albedo nets (64, 256).
       light_view_nf: width of the light and view encoders (32).
       conf_zdim: bottleneck of the confidence net (128, width nf).
@@ -258,10 +227,6 @@ class Unsup3D(keras.Model):
     if not 0.0 < self.rerender_view_scale <= 1.0:
       raise ValueError(f"rerender_view_scale must be in (0, 1], got "
                        f"{rerender_view_scale}.")
-    if remove_depth_tilt not in DEPTH_TILTS:
-      raise ValueError(f"remove_depth_tilt must be one of {DEPTH_TILTS}, "
-                       f"got {remove_depth_tilt!r}.")
-    self.remove_depth_tilt = remove_depth_tilt
     self.renderer = renderer_lib.Renderer(
         image_size=image_size, fov=fov, min_depth=min_depth,
         max_depth=max_depth, rot_center_depth=rot_center_depth,
@@ -308,8 +273,6 @@ class Unsup3D(keras.Model):
     """Raw netD output `[B, S, S]` -> canonical depth without, and with, the
     two leftmost and rightmost columns fixed at border_depth."""
     depth = raw - tf.reduce_mean(raw, axis=[1, 2], keepdims=True)
-    if self.remove_depth_tilt:
-      depth = _without_tilt(depth, self.remove_depth_tilt)
     depth = _rescale(tf.tanh(depth), self.min_depth, self.max_depth)
     s = self.image_size
     border = tf.constant([1.0] * 2 + [0.0] * (s - 4) + [1.0] * 2)
