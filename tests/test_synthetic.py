@@ -159,12 +159,12 @@ def test_model_renders_the_ground_truth_factors_like_the_generator(view,
                             conf_zdim=16, lam_perc=0.0, vgg_weights=None,
                             z_translation_range=0.0)
   # The generator lights the posed face in the camera frame, the model the
-  # canonical face: the same shading for the canonical light R^T l.
-  rot = synthetic._rotation(*view[:3])  # pylint: disable=protected-access
-  l_canon = rot.T @ np.array([light[2], light[3], 1.0])
+  # canonical face: the same shading for the object-frame light R^T l.
+  dx, dy = synthetic.object_frame_light(
+      {"rx": [view[0]], "ry": [view[1]], "rz": [view[2]], "dx": [light[2]],
+       "dy": [light[3]]})
   # Network-range inputs: the model rescales them to the factors above.
-  raw_light = [2 * light[0] - 1, 2 * light[1] - 1, l_canon[0] / l_canon[2],
-               l_canon[1] / l_canon[2]]
+  raw_light = [2 * light[0] - 1, 2 * light[1] - 1, dx[0], dy[0]]
   raw_view = [a / math.radians(60) for a in view[:3]] + [
       t / 0.1 for t in view[3:5]] + [0.0]
   out = model.reconstruct(

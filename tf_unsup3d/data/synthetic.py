@@ -87,6 +87,32 @@ def _rotation(rx, ry, rz):
   return r_z @ r_y @ r_x
 
 
+def object_frame_light(views):
+  """The light of views.csv rows in the object's (canonical) frame.
+
+  The generator lights each face in the camera frame (`render_instance`);
+  the model predicts its light in the canonical frame, where the object is
+  frontal. The same light there is R^T l, so on a turned face it carries
+  part of the turn.
+
+  Args:
+    views: `read_views`-like dict of `[N]` arrays "rx", "ry", "rz"
+      (radians), "dx", "dy".
+
+  Returns:
+    (dx, dy): `[N]` arrays, the direction normalise(dx, dy, 1) in the
+    object's frame.
+  """
+  dx, dy = [], []
+  for rx, ry, rz, lx, ly in zip(views["rx"], views["ry"], views["rz"],
+                                views["dx"], views["dy"]):
+    # Camera-frame normals are R n: n_cam . l = n . (R^T l).
+    lc = _rotation(rx, ry, rz).T @ np.array([lx, ly, 1.0])
+    dx.append(lc[0] / lc[2])
+    dy.append(lc[1] / lc[2])
+  return np.array(dx), np.array(dy)
+
+
 def encode_png(values):
   """PNG bytes (Pillow) of uint8 `[H, W, 3]` (RGB) or uint16 `[H, W]`.
 
