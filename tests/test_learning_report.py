@@ -92,7 +92,8 @@ def test_loss_shares_sum_to_one_and_follow_the_weights():
 def test_every_term_of_the_model_has_a_weight_that_rebuilds_the_total():
   """With every optional term on, the report's weights give the model's
   total: shares then cover the whole loss."""
-  from tf_unsup3d import model as model_lib  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from tf_unsup3d import model as model_lib
   model = model_lib.Unsup3D(
       nf=8, zdim=16, light_view_nf=4, use_conf_map=False, lam_perc=0.0,
       vgg_weights=None, lam_depth_sm=0.3, lam_depth_deviation=0.2,
