@@ -108,15 +108,23 @@ def fit_line(true, predicted):
 
 
 # Ground-truth factors of views.csv against the model's outputs that could
-# explain them: view (radians, scene units) and light (dx, dy; DESIGN
-# section 2), the light in the object's frame as the model's
-# (`synthetic.object_frame_light`).
-TRUE_FACTORS = {"yaw": "ry", "pitch": "rx", "roll": "rz", "tx": "tx",
-                "ty": "ty", "light_dx": "dx", "light_dy": "dy"}
+# explain them: view (radians, scene units; its views.csv columns) and light
+# (dx, dy; DESIGN section 2) in the object's frame, as the model's
+# (`true_factors`).
+TRUE_VIEW_COLUMNS = {"yaw": "ry", "pitch": "rx", "roll": "rz", "tx": "tx",
+                     "ty": "ty"}
+TRUE_FACTORS = (*TRUE_VIEW_COLUMNS, "light_dx", "light_dy")
 PREDICTED_FACTORS = {"yaw": ("view", 1), "pitch": ("view", 0),
                      "roll": ("view", 2), "tx": ("view", 3),
                      "ty": ("view", 4), "light_dx": ("light", 2),
                      "light_dy": ("light", 3)}
+
+
+def true_factors(views):
+  """{name: `[N]`} of `TRUE_FACTORS` from `read_true_views` columns."""
+  true = {k: views[c] for k, c in TRUE_VIEW_COLUMNS.items()}
+  true["light_dx"], true["light_dy"] = synthetic.object_frame_light(views)
+  return true
 
 
 def factor_explainers(true, predicted):
@@ -895,11 +903,8 @@ def measure_stage(model, test, summary, budget, previous_minutes,
   if test["views"] is not None:
     true = {"yaw": test["views"]["ry"], "pitch": test["views"]["rx"]}
     stage["view"] = {k: fit_line(true[k], predicted[k]) for k in true}
-    true = {k: test["views"][c] for k, c in TRUE_FACTORS.items()}
-    true["light_dx"], true["light_dy"] = synthetic.object_frame_light(
-        test["views"])
     stage["explainers"] = factor_explainers(
-        true,
+        true_factors(test["views"]),
         {k: out[o][:, i] for k, (o, i) in PREDICTED_FACTORS.items()})
   context = {"model": model, "predict": compiled, "results": results,
              "predicted": predicted}

@@ -21,6 +21,11 @@ def _flip(x):
   return tf.reverse(x, axis=[2])
 
 
+def _mirror_mean(x):
+  """`[B, H, W, ...]` averaged with its mirror image, without gradient."""
+  return tf.stop_gradient((x + _flip(x)) / 2.0)
+
+
 def _rescale(x, low, high):
   """Maps x in [-1, 1] linearly onto [low, high]."""
   return low + value_ranges.to_unit(x) * (high - low)
@@ -482,14 +487,16 @@ class Unsup3D(keras.Model):
       if self.lam_rerender_view > 0:
         lam_rerender_view = (self.lam_rerender_view if lam_rerender_view is None
                              else lam_rerender_view)
-        sums, depth_sums = self._rerender_loss_sums(outputs)
+        rendered, target, active = self._symmetric_rerendering(outputs)
+        sums = self._rerendered_view_error_sums(rendered, target, active)
         if self.rerender_view_equivariance:
           extra = self.view_equivariance_loss_sums(images, outputs)
           sums = (sums[0] + extra[0], sums[1] + extra[1])
         terms["rerender_view"] = ratio(sums)
         total += lam_rerender_view * terms["rerender_view"]
-        if depth_sums is not None:
-          terms["rerender_depth"] = ratio(depth_sums)
+        if self.rerender_canonical_depth:
+          terms["rerender_depth"] = ratio(self._rerender_depth_loss_sums(
+              rendered, _mirror_mean(outputs["canon_depth_unbordered"])))
           total += lam_rerender_view * terms["rerender_depth"]
       if self.lam_depth_sm > 0:
         lam_depth_sm = (self.lam_depth_sm if lam_depth_sm is None
@@ -537,35 +544,36 @@ class Unsup3D(keras.Model):
     Returns:
       (sum of absolute errors, number of terms): scalars.
     """
-    return self._rerender_loss_sums(outputs, target)[0]
+    rendered, target, active = self._symmetric_rerendering(outputs, target)
+    return self._rerendered_view_error_sums(rendered, target, active)
 
-  def _rerender_loss_sums(self, outputs, target=None):
-    """`rerender_view_loss_sums`, and with `rerender_canonical_depth` the
-    depth network's on the same renderings (`rerender_depth_loss`), else
-    None."""
-    with tf.name_scope("rerender_view_loss"):
-      mirror_mean = lambda x: tf.stop_gradient((x + _flip(x)) / 2.0)
-      depth = mirror_mean(outputs["canon_depth"])
-      albedo = mirror_mean(value_ranges.to_signed(outputs["canon_albedo"]))
+  def _symmetric_rerendering(self, outputs, target=None):
+    """The mirror-symmetrised factors of `outputs` rendered at `target` (or
+    random) views: (rendered `[B, S, S, 3]` in [-1, 1], no gradient; the
+    `[B, 6]` views in encoder units, inactive components zeroed; the `[6]`
+    active-component mask)."""
+    with tf.name_scope("symmetric_rerendering"):
+      depth = _mirror_mean(outputs["canon_depth"])
+      albedo = _mirror_mean(value_ranges.to_signed(outputs["canon_albedo"]))
       light = tf.stop_gradient(outputs["light"])
       image = self._shade_decoded(
           depth, albedo, light[:, 0], light[:, 1],
           tf.stop_gradient(outputs["light_direction"]))["canon_image"]
-      batch = tf.shape(depth)[0]
       active = self._active_view_components()
       if target is None:
-        target = self._random_views(batch)
+        target = self._random_views(tf.shape(depth)[0])
       target = tf.convert_to_tensor(target, tf.float32) * active
       rendered = tf.stop_gradient(self.rerender(image, depth, target))
+      return rendered, target, active
+
+  def _rerendered_view_error_sums(self, rendered, target, active):
+    """L1 of the view network's reading of `rendered` against `target`, on
+    the active components: (sum, number of terms)."""
+    with tf.name_scope("rerender_view_loss"):
       predicted = tf.cast(self.net_view(rendered, training=True), tf.float32)
       error = tf.abs(predicted - target) * active
-      view_sums = (tf.reduce_sum(error),
-                   tf.cast(batch, tf.float32) * tf.reduce_sum(active))
-      depth_sums = None
-      if self.rerender_canonical_depth:
-        depth_sums = self._rerender_depth_loss_sums(
-            rendered, mirror_mean(outputs["canon_depth_unbordered"]))
-      return view_sums, depth_sums
+      batch = tf.cast(tf.shape(rendered)[0], tf.float32)
+      return tf.reduce_sum(error), batch * tf.reduce_sum(active)
 
   def _rerender_depth_loss_sums(self, rendered, depth):
     """L1 / depth range of the canonical depth predicted for `rendered`
