@@ -873,8 +873,9 @@ def measure_stage(model, test, summary, budget, previous_minutes,
   weights = loss_weights(
       1.0 if summary["epochs"] < lam_flip_start_epoch else model.lam_flip,
       model.lam_perc, summary.get("lam_depth_sm", model.lam_depth_sm),
-      model.lam_multiscale, model.lam_rerender_view,
-      model.lam_depth_deviation)
+      model.lam_multiscale,
+      summary.get("lam_rerender_view", model.lam_rerender_view),
+      summary.get("lam_depth_deviation", model.lam_depth_deviation))
   gt = test["depth"]
   gt_face = metrics.erode_mask(metrics.foreground_mask(gt)).numpy()
   eval_mask = metrics.evaluation_mask(gt, out["recon_mask"]).numpy()

@@ -321,6 +321,38 @@ def test_eased_in_weights_start_late_and_ramp_up(term):
     train_lib.Schedules(1e-4, **{f"{term}_ramp_steps": -5})
 
 
+def test_depth_deviation_moves_on_to_its_final_weight_late():
+  late = train_lib.Schedules(1e-4, lam_depth_deviation=0.5,
+                             depth_deviation_start_step=100,
+                             depth_deviation_ramp_steps=100,
+                             final_lam_depth_deviation=2.0,
+                             depth_deviation_final_step=600)
+  weight_at = late.lam_depth_deviation_at
+  assert weight_at(50) == 0.0
+  assert weight_at(200) == pytest.approx(0.5)
+  assert weight_at(599) == pytest.approx(0.5)
+  # Half way along the second ramp: half way from 0.5 to 2.0.
+  assert weight_at(650) == pytest.approx(1.25)
+  weights = [weight_at(s) for s in range(600, 701, 10)]
+  assert all(a < b for a, b in zip(weights, weights[1:]))
+  assert weight_at(10_000) == pytest.approx(2.0)
+  # A lower final weight eases down to it.
+  lower = train_lib.Schedules(1e-4, lam_depth_deviation=0.5,
+                              final_lam_depth_deviation=0.0,
+                              depth_deviation_final_step=10)
+  assert lower.lam_depth_deviation_at(5) == 0.5
+  assert lower.lam_depth_deviation_at(10) == 0.0
+  with pytest.raises(ValueError, match="depth_deviation_final_step"):
+    train_lib.Schedules(1e-4, lam_depth_deviation=0.5,
+                        depth_deviation_start_step=100,
+                        depth_deviation_ramp_steps=100,
+                        final_lam_depth_deviation=2.0,
+                        depth_deviation_final_step=150)
+  with pytest.raises(ValueError, match="final_lam_depth_deviation"):
+    train_lib.Schedules(1e-4, final_lam_depth_deviation=-1.0,
+                        depth_deviation_final_step=10)
+
+
 def test_a_resumed_epoch_skips_the_batches_it_trained_on():
   # 4 steps an epoch.
   assert train_lib.batches_to_skip(0, 0, 4) == 0

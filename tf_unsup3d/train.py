@@ -291,6 +291,8 @@ class Schedules:
   lam_depth_deviation: float = 0.0
   depth_deviation_start_step: int = 0
   depth_deviation_ramp_steps: int = 0
+  final_lam_depth_deviation: Optional[float] = None
+  depth_deviation_final_step: int = 0
 
   def __post_init__(self):
     if self.learning_rate_schedule not in ("constant", "cosine", "step"):
@@ -318,6 +320,17 @@ class Schedules:
         raise ValueError(
             f"train.{term}_start_step and train.{term}_ramp_steps must be "
             f">= 0, got {start} and {ramp}.")
+    if self.final_lam_depth_deviation is not None and not (
+        self.final_lam_depth_deviation >= 0 and
+        self.depth_deviation_final_step > self.depth_deviation_start_step +
+        self.depth_deviation_ramp_steps):
+      raise ValueError(
+          "train.final_lam_depth_deviation needs a weight >= 0 and "
+          "train.depth_deviation_final_step after the first ramp "
+          "(depth_deviation_start_step + depth_deviation_ramp_steps = "
+          f"{self.depth_deviation_start_step + self.depth_deviation_ramp_steps}"
+          f"), got {self.final_lam_depth_deviation} and "
+          f"{self.depth_deviation_final_step}.")
 
   def at(self, fraction, step=0):
     """(learning rate, depth-prior weight) with `fraction` of the budget
@@ -357,9 +370,18 @@ class Schedules:
 
   def lam_depth_deviation_at(self, step):
     """The depth deviation term's weight at `step` (over resumed runs),
-    eased in (`eased_in`) from depth_deviation_start_step."""
-    return eased_in(self.lam_depth_deviation, self.depth_deviation_start_step,
-                    self.depth_deviation_ramp_steps, step)
+    eased in (`eased_in`) from depth_deviation_start_step and, with
+    final_lam_depth_deviation, eased on to it from
+    depth_deviation_final_step over the same number of steps."""
+    weight = eased_in(self.lam_depth_deviation,
+                      self.depth_deviation_start_step,
+                      self.depth_deviation_ramp_steps, step)
+    if self.final_lam_depth_deviation is not None:
+      weight += eased_in(
+          self.final_lam_depth_deviation - self.lam_depth_deviation,
+          self.depth_deviation_final_step, self.depth_deviation_ramp_steps,
+          step)
+    return weight
 
 
 def eased_in(weight, start_step, ramp_steps, step):
@@ -850,6 +872,7 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
           initial_lam_flip=None, lam_flip_warmup_steps=0,
           rerender_view_start_step=0, rerender_view_ramp_steps=0,
           depth_deviation_start_step=0, depth_deviation_ramp_steps=0,
+          final_lam_depth_deviation=None, depth_deviation_final_step=0,
           jit_compile=False, mixed_precision=False, keep_checkpoints=3,
           checkpoint_every_steps=1000, summary_every_steps=50,
           image_summary_every_steps=500, max_steps=None, max_seconds=None,
@@ -895,6 +918,12 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
       the depth deviation term (`Unsup3D.lam_depth_deviation`): from the
       first step it holds every face to one template before the depth has
       a face's relief, and the template then stays a tilt.
+    final_lam_depth_deviation: None keeps `Unsup3D.lam_depth_deviation`
+      once eased in; a value (>= 0) moves the weight on to it from
+      depth_deviation_final_step, over depth_deviation_ramp_steps steps:
+      a stronger hold on the template once the shared shape has formed.
+    depth_deviation_final_step: see final_lam_depth_deviation; after the
+      first ramp ends.
     jit_compile: compile each replica's step with XLA.
     mixed_precision: run the networks in mixed bfloat16 (rendering and
       losses stay float32).
@@ -930,7 +959,9 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
       rerender_view_ramp_steps=rerender_view_ramp_steps,
       lam_depth_deviation=model.lam_depth_deviation,
       depth_deviation_start_step=depth_deviation_start_step,
-      depth_deviation_ramp_steps=depth_deviation_ramp_steps)
+      depth_deviation_ramp_steps=depth_deviation_ramp_steps,
+      final_lam_depth_deviation=final_lam_depth_deviation,
+      depth_deviation_final_step=depth_deviation_final_step)
   manager = restore(checkpoint, model_dir, output_dir, keep_checkpoints)
   data = prepare_data(strategy, model_dir, checkpoint.epoch.numpy,
                       batch_size, seed, generate_synthetic_data)
