@@ -242,6 +242,43 @@ def test_bfloat16_check_reads_the_cpu_flags(tmp_path, caplog, monkeypatch):
   assert keras.mixed_precision.global_policy().name == "float32"
 
 
+def test_view_learning_rate_gives_the_view_network_its_own_adam(monkeypatch):
+  from tf_unsup3d import model as model_lib  # pylint: disable=g-import-not-at-top
+
+  def tiny(mixed_precision):
+    del mixed_precision
+    model = model_lib.Unsup3D(nf=4, zdim=8, light_view_nf=4, conf_zdim=8,
+                              lam_perc=0.0, use_conf_map=False)
+    model.build((None, 64, 64, 3))
+    return model
+
+  monkeypatch.setattr(train_lib.checkpoints, "build_model", tiny)
+  strategy = tf.distribute.get_strategy()
+  with pytest.raises(ValueError, match="train.view_learning_rate"):
+    train_lib.build_model_and_optimizer(strategy, view_learning_rate=0.0)
+  keras.utils.set_random_seed(0)
+  state = train_lib.build_model_and_optimizer(
+      strategy, learning_rate=1e-4, view_learning_rate=1e-2)
+  model = state.model
+  view_ids = {id(v) for v in model.net_view.trainable_variables}
+  before = {id(v): v.numpy() for v in model.trainable_variables}
+  step = train_lib.make_train_step(model, state.optimizer, strategy, 0.0,
+                                   view_optimizer=state.view_optimizer)
+  images = tf.random.stateless_uniform([2, 64, 64, 3], seed=[1, 2])
+  step({"image": images}, tf.constant(0.5), tf.constant(0.0),
+       tf.constant(0.0), tf.constant(0.0))
+  # Adam's first step moves every weight with a gradient by its step size
+  # (m / sqrt(v) = sign(g)): 1e-2 in the view network, 1e-4 elsewhere.
+  moved = {id(v): np.abs(v.numpy() - before[id(v)]).max()
+           for v in model.trainable_variables}
+  view_moves = [m for k, m in moved.items() if k in view_ids]
+  other_moves = [m for k, m in moved.items() if k not in view_ids]
+  assert max(view_moves) == pytest.approx(1e-2, rel=1e-3)
+  assert max(other_moves) == pytest.approx(1e-4, rel=1e-3)
+  assert int(state.optimizer.iterations) == 1
+  assert int(state.view_optimizer.iterations) == 1
+
+
 def test_cosine_schedule_and_budget_fraction():
   assert train_lib.cosine_schedule(1.0, 0.0, 0.0) == 1.0
   assert train_lib.cosine_schedule(1.0, 0.0, 1.0) == pytest.approx(0.0)

@@ -130,6 +130,7 @@ class Unsup3D(keras.Model):
                rerender_view_equivariance=False,
                rerender_canonical_depth=False,
                flat_depth_init=False,
+               symmetric_depth=False,
                nf=64,
                zdim=256,
                light_view_nf=32,
@@ -179,6 +180,11 @@ class Unsup3D(keras.Model):
         so that every canonical depth starts flat at mid depth (the paper:
         PyTorch's default init, whose random depths give normals that are
         mostly noise, about twice as steep at 128 px as at 64).
+      symmetric_depth: average the depth network's output with its mirror
+        image, so that every canonical depth is exactly mirror-symmetric
+        (the paper: symmetric only through the flip loss, 'probably
+        symmetric'): a turned face can then not be explained by a lopsided
+        depth, only by the view (the albedo stays free).
       nf, zdim: width and bottleneck of the depth and albedo nets (64, 256).
       light_view_nf: width of the light and view encoders (32).
       conf_zdim: bottleneck of the confidence net (128, width nf).
@@ -229,6 +235,7 @@ class Unsup3D(keras.Model):
     self.rerender_view_scale = float(rerender_view_scale)
     self.rerender_view_equivariance = bool(rerender_view_equivariance)
     self.rerender_canonical_depth = bool(rerender_canonical_depth)
+    self.symmetric_depth = bool(symmetric_depth)
     if not 0.0 < self.rerender_view_scale <= 1.0:
       raise ValueError(f"rerender_view_scale must be in (0, 1], got "
                        f"{rerender_view_scale}.")
@@ -276,7 +283,10 @@ class Unsup3D(keras.Model):
 
   def _canonical_depth(self, raw):
     """Raw netD output `[B, S, S]` -> canonical depth without, and with, the
-    two leftmost and rightmost columns fixed at border_depth."""
+    two leftmost and rightmost columns fixed at border_depth (mirror-
+    symmetric with symmetric_depth)."""
+    if self.symmetric_depth:
+      raw = (raw + _flip(raw)) / 2.0
     depth = raw - tf.reduce_mean(raw, axis=[1, 2], keepdims=True)
     depth = _rescale(tf.tanh(depth), self.min_depth, self.max_depth)
     s = self.image_size

@@ -411,7 +411,7 @@ def cpu_has_fast_bfloat16(cpuinfo="/proc/cpuinfo"):
 
 
 def build_model_and_optimizer(strategy, learning_rate=1e-4, adam_epsilon=1e-8,
-                              mixed_precision=False):
+                              mixed_precision=False, view_learning_rate=None):
   """The training state, created in `strategy`'s scope.
 
   Args:
@@ -419,12 +419,20 @@ def build_model_and_optimizer(strategy, learning_rate=1e-4, adam_epsilon=1e-8,
     learning_rate: Adam's initial step size, > 0.
     adam_epsilon: Adam's epsilon, > 0; betas are (0.9, 0.999).
     mixed_precision: create the networks in mixed bfloat16.
+    view_learning_rate: None, or the step size (> 0) of a second Adam that
+      alone trains the view network.
 
   Returns:
     A `tf.train.Checkpoint` of `model` (built `Unsup3D`), `optimizer` (Adam,
-    built on the model's trainable variables) and the int64 counters `step`
-    (steps trained) and `epoch` (epochs finished), both 0.
+    built on the model's trainable variables, less the view network's with
+    view_learning_rate), with view_learning_rate `view_optimizer` (Adam on
+    the view network's), and the int64 counters `step` (steps trained) and
+    `epoch` (epochs finished), both 0.
   """
+  if view_learning_rate is not None and not view_learning_rate > 0:
+    raise ValueError("train.view_learning_rate must be > 0 (or None: the "
+                     "view network shares train.learning_rate), got "
+                     f"{view_learning_rate}.")
   with strategy.scope():
     if (mixed_precision and not tf.config.list_physical_devices("GPU")
         and cpu_has_fast_bfloat16() is False):
@@ -434,13 +442,21 @@ def build_model_and_optimizer(strategy, learning_rate=1e-4, adam_epsilon=1e-8,
           "runs slower than in float32; set train.mixed_precision = False "
           "on this machine.")
     model = checkpoints.build_model(mixed_precision)
-    optimizer = keras.optimizers.Adam(learning_rate, beta_1=0.9, beta_2=0.999,
-                                      epsilon=adam_epsilon)
-    optimizer.build(model.trainable_variables)
+    adam = lambda rate: keras.optimizers.Adam(
+        rate, beta_1=0.9, beta_2=0.999, epsilon=adam_epsilon)
+    optimizers = {"optimizer": adam(learning_rate)}
+    if view_learning_rate is None:
+      optimizers["optimizer"].build(model.trainable_variables)
+    else:
+      view_ids = {id(v) for v in model.net_view.trainable_variables}
+      optimizers["optimizer"].build(
+          [v for v in model.trainable_variables if id(v) not in view_ids])
+      optimizers["view_optimizer"] = adam(view_learning_rate)
+      optimizers["view_optimizer"].build(model.net_view.trainable_variables)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-  return tf.train.Checkpoint(model=model, optimizer=optimizer, step=step,
-                             epoch=epoch)
+  return tf.train.Checkpoint(model=model, step=step, epoch=epoch,
+                             **optimizers)
 
 
 def restore(checkpoint, model_dir, output_dir, keep_checkpoints=3):
@@ -529,7 +545,7 @@ def prepare_data(strategy, model_dir, current_epoch, batch_size=64, seed=0,
 
 
 def make_train_step(model, optimizer, strategy, weight_decay=5e-4,
-                    jit_compile=False):
+                    jit_compile=False, view_optimizer=None):
   """One optimiser step on a distributed batch, as a `tf.function`.
 
   Args:
@@ -541,6 +557,8 @@ def make_train_step(model, optimizer, strategy, weight_decay=5e-4,
       (PyTorch's Adam `weight_decay`, not AdamW), >= 0.
     jit_compile: compile each replica's forward and backward pass with XLA
       (with more than one replica a warning says it is not applied).
+    view_optimizer: None, or a Keras optimizer built on the view network's
+      trainable variables, which it then updates instead of `optimizer`.
 
   Returns:
     `step(batch, lam_flip, lam_depth_sm, lam_rerender_view,
@@ -583,10 +601,17 @@ def make_train_step(model, optimizer, strategy, weight_decay=5e-4,
   elif jit_compile:
     replica_step = tf.function(replica_step, jit_compile=True)
 
+  view_ids = ({id(v) for v in model.net_view.trainable_variables}
+              if view_optimizer is not None else set())
+
   def apply_step(batch, *weights):
     terms, grads, view, light = replica_step(batch["image"], *weights)
+    updates = [(g, v) for g, v in zip(grads, variables) if g is not None]
     optimizer.apply_gradients(
-        [(g, v) for g, v in zip(grads, variables) if g is not None])
+        [(g, v) for g, v in updates if id(v) not in view_ids])
+    if view_optimizer is not None:
+      view_optimizer.apply_gradients(
+          [(g, v) for g, v in updates if id(v) in view_ids])
     return terms, view, light
 
   @tf.function
@@ -873,7 +898,7 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
           rerender_view_start_step=0, rerender_view_ramp_steps=0,
           depth_deviation_start_step=0, depth_deviation_ramp_steps=0,
           final_lam_depth_deviation=None, depth_deviation_final_step=0,
-          jit_compile=False, mixed_precision=False, keep_checkpoints=3,
+          view_learning_rate=None, jit_compile=False, mixed_precision=False, keep_checkpoints=3,
           checkpoint_every_steps=1000, summary_every_steps=50,
           image_summary_every_steps=500, max_steps=None, max_seconds=None,
           generate_synthetic_data=False, seed=0):
@@ -924,6 +949,11 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
       a stronger hold on the template once the shared shape has formed.
     depth_deviation_final_step: see final_lam_depth_deviation; after the
       first ramp ends.
+    view_learning_rate: None (the paper: one Adam for every network), or
+      the view network's own Adam step size, held constant over the run
+      while learning_rate follows its schedule: the view keeps learning to
+      read turns (the re-rendered view term) after the depth and albedo
+      have slowed down.
     jit_compile: compile each replica's step with XLA.
     mixed_precision: run the networks in mixed bfloat16 (rendering and
       losses stay float32).
@@ -944,7 +974,8 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
   # The model and its settings first: a config they reject stops the run
   # before the data scan, and so does a checkpoint that does not fit it.
   checkpoint = build_model_and_optimizer(strategy, learning_rate,
-                                         adam_epsilon, mixed_precision)
+                                         adam_epsilon, mixed_precision,
+                                         view_learning_rate)
   model = checkpoint.model
   datasets.check_image_size(model.image_size)
   schedules = Schedules(
@@ -965,8 +996,9 @@ def train(model_dir, strategy, batch_size=64, num_epochs=30,
   manager = restore(checkpoint, model_dir, output_dir, keep_checkpoints)
   data = prepare_data(strategy, model_dir, checkpoint.epoch.numpy,
                       batch_size, seed, generate_synthetic_data)
-  train_step = make_train_step(model, checkpoint.optimizer, strategy,
-                               weight_decay, jit_compile)
+  train_step = make_train_step(
+      model, checkpoint.optimizer, strategy, weight_decay, jit_compile,
+      getattr(checkpoint, "view_optimizer", None))
   logs = TensorBoardLogs(model, model_dir, is_chief, data.val,
                          summary_every_steps, image_summary_every_steps)
   budget = Budget(num_epochs * data.steps_per_epoch, max_steps, max_seconds)
