@@ -296,6 +296,35 @@ def mean_shape_scores(renderer, depth_gt, canon_depth, views, batch_size=64):
   return {**means["model"], **{f"{k}_ratio": v for k, v in ratios.items()}}
 
 
+def rerendered_view_fits(model, images, num_images=128, seed=0):
+  """How well the view network reads turns of renderings of its own factors.
+
+  The first num_images test images' predicted factors, mirror-symmetrised,
+  are rendered at views uniform within the model's re-rendering range
+  (`Unsup3D.read_rerendered_views`); a view network that reads these but
+  not the photos meets a domain gap, one that reads neither has not learnt
+  to see turns.
+
+  Args:
+    model: an `Unsup3D`.
+    images: `[N, S, S, 3]` in [0, 1].
+    num_images: images used (the first ones).
+    seed: seed of the target views.
+
+  Returns:
+    {'pitch', 'yaw', 'roll'}: `fit_line` of the read against the target
+    component (encoder units).
+  """
+  images = np.asarray(images[:num_images], np.float32)
+  rng = np.random.default_rng(seed)
+  scale = model.rerender_view_scale
+  target = rng.uniform(-scale, scale, (len(images), 6)).astype(np.float32)
+  read, target = model.read_rerendered_views(model(images), target)
+  read, target = np.asarray(read), np.asarray(target)
+  return {name: fit_line(target[:, i], read[:, i])
+          for i, name in enumerate(("pitch", "yaw", "roll"))}
+
+
 def read_true_views(path, indices):
   """Rows of a views.csv for the given image indices (sorted-file order).
 
@@ -733,6 +762,12 @@ def format_stage(stage):
                    "; ".join(parts))
   else:
     lines.append(f"view: {stage.get('view_note') or 'not measured'}")
+  if stage.get("rerendered_view"):  # absent from stages of older reports
+    parts = [f"{name} r {_fmt(fit['correlation'], '.2f')}, slope "
+             f"{_fmt(fit['slope'], '.2f')}" for name, fit in
+             stage["rerendered_view"].items()]
+    lines.append("view network on re-renderings of its own factors (read vs "
+                 "rendered): " + "; ".join(parts))
   rl = stage["relief"]
   lines.append(
       f"relief (max - min depth, mean per image): canonical "
@@ -894,6 +929,7 @@ def measure_stage(model, test, summary, budget, previous_minutes,
       "relief": {k: float(np.nanmean(relief(*v))) for k, v in reliefs.items()},
       "mean_shape": mean_shape_scores(model.renderer, gt, out["canon_depth"],
                                       out["view"]),
+      "rerendered_view": rerendered_view_fits(model, test["image"]),
       "light": light_strengths(out["light"], model.diff_light_range),
       "kernel_rms": kernel_rms(model),
       "loss_terms": terms, "loss_weights": weights,

@@ -112,6 +112,28 @@ def test_every_term_of_the_model_has_a_weight_that_rebuilds_the_total():
       total, rel=1e-5)
 
 
+def test_rerendered_view_fits_compare_reads_with_rendered_views():
+  # A stand-in model reads every rendered component at twice its size.
+  class Reader:
+    rerender_view_scale = 0.5
+
+    def __call__(self, images):
+      return {"n": len(images)}
+
+    def read_rerendered_views(self, outputs, target):
+      assert outputs["n"] == len(target) == 5
+      assert np.all(np.abs(target) <= 0.5)
+      return 2.0 * target, target
+
+  fits = learning_report.rerendered_view_fits(
+      Reader(), np.zeros((9, 8, 8, 3)), num_images=5)
+  assert set(fits) == {"pitch", "yaw", "roll"}
+  for fit in fits.values():
+    assert fit["correlation"] == pytest.approx(1.0)
+    assert fit["slope"] == pytest.approx(2.0)
+    assert fit["n"] == 5
+
+
 def test_relief_is_the_range_over_the_mask():
   depth = np.ones((3, 4, 4))
   depth[0, 1, 1], depth[0, 2, 2], depth[0, 0, 0] = 0.9, 1.05, 0.5

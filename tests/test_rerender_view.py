@@ -127,6 +127,23 @@ def test_loss_sees_only_the_mirror_symmetric_part_of_the_factors():
              mirrored) > 1e-6  # the loss does depend on the factors
 
 
+def test_read_rerendered_views_are_what_the_view_term_scores():
+  model = tiny_model(lam_rerender_view=1.0, z_translation_range=0.0)
+  rng = np.random.default_rng(4)
+  x = tf.constant(rng.uniform(0, 1, (3, S, S, 3)).astype(np.float32))
+  out = model(x)
+  target = tf.constant(rng.uniform(-0.5, 0.5, (3, 6)), tf.float32)
+  read, zeroed = model.read_rerendered_views(out, target)
+  assert read.shape == (3, 6)
+  np.testing.assert_array_equal(zeroed[:, 5], 0.0)  # no z range
+  np.testing.assert_array_equal(zeroed[:, :5], target[:, :5])
+  total, count = model.rerender_view_loss_sums(out, target)
+  np.testing.assert_allclose(
+      float(tf.reduce_sum(tf.abs(read - zeroed)[:, :5])), float(total),
+      rtol=1e-5)
+  assert float(count) == 15
+
+
 def test_depth_term_trains_only_the_depth_network_from_the_same_schedule():
   model = tiny_model(lam_rerender_view=2.0, rerender_canonical_depth=True)
   rng = np.random.default_rng(3)

@@ -557,6 +557,23 @@ class Unsup3D(keras.Model):
     rendered, target, active = self._symmetric_rerendering(outputs, target)
     return self._rerendered_view_error_sums(rendered, target, active)
 
+  def read_rerendered_views(self, outputs, target):
+    """The view network's reading of the mirror-symmetrised factors of
+    `outputs` rendered at `target`, as in `rerender_view_loss_sums`: how
+    well it reads turns on renderings, apart from photos.
+
+    Args:
+      outputs: the dict of `call` (`canon_depth`, `canon_albedo`, `light`,
+        `light_direction`).
+      target: `[B, 6]` views in encoder units [-1, 1].
+
+    Returns:
+      (read `[B, 6]`, target `[B, 6]` with inactive components zeroed), in
+      encoder units.
+    """
+    rendered, target, _ = self._symmetric_rerendering(outputs, target)
+    return tf.cast(self.net_view(rendered, training=False), tf.float32), target
+
   def _symmetric_rerendering(self, outputs, target=None):
     """The mirror-symmetrised factors of `outputs` rendered at `target` (or
     random) views: (rendered `[B, S, S, 3]` in [-1, 1], no gradient; the
