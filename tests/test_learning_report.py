@@ -398,6 +398,10 @@ def test_format_stage_reports_views_and_explainers_only_when_measured():
   text = learning_report.format_stage(_stage())
   assert "view: no views.csv" in text
   assert "strongest predicted factor" not in text
+  assert "re-renderings" not in text  # a stage recorded before the line
+  text = learning_report.format_stage(_stage(rerendered_view={"yaw": fit}))
+  assert ("view network on re-renderings of its own factors (read vs "
+          "rendered): yaw r 0.50, slope 0.25") in text
 
 
 def test_kernel_rms_per_network_skips_biases_and_absent_networks():
