@@ -938,11 +938,10 @@ def measure_stage(model, test, summary, budget, previous_minutes,
       "unweighted_terms": sorted(set(terms) - set(weights)),
       "val": {k: v for k, v in summary.items() if k.startswith("val/")}}
   if test["views"] is not None:
-    true = {"yaw": test["views"]["ry"], "pitch": test["views"]["rx"]}
-    stage["view"] = {k: fit_line(true[k], predicted[k]) for k in true}
+    true = true_factors(test["views"])
+    stage["view"] = {k: fit_line(true[k], predicted[k]) for k in predicted}
     stage["explainers"] = factor_explainers(
-        true_factors(test["views"]),
-        {k: out[o][:, i] for k, (o, i) in PREDICTED_FACTORS.items()})
+        true, {k: out[o][:, i] for k, (o, i) in PREDICTED_FACTORS.items()})
   context = {"model": model, "predict": compiled, "results": results,
              "predicted": predicted}
   return stage, context

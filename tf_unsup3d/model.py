@@ -21,9 +21,14 @@ def _flip(x):
   return tf.reverse(x, axis=[2])
 
 
+def _mirror_average(x):
+  """`[B, H, W, ...]` averaged with its mirror image."""
+  return (x + _flip(x)) / 2.0
+
+
 def _mirror_mean(x):
-  """`[B, H, W, ...]` averaged with its mirror image, without gradient."""
-  return tf.stop_gradient((x + _flip(x)) / 2.0)
+  """`_mirror_average` without gradient."""
+  return tf.stop_gradient(_mirror_average(x))
 
 
 def _rescale(x, low, high):
@@ -286,7 +291,7 @@ class Unsup3D(keras.Model):
     two leftmost and rightmost columns fixed at border_depth (mirror-
     symmetric with symmetric_depth)."""
     if self.symmetric_depth:
-      raw = (raw + _flip(raw)) / 2.0
+      raw = _mirror_average(raw)
     depth = raw - tf.reduce_mean(raw, axis=[1, 2], keepdims=True)
     depth = _rescale(tf.tanh(depth), self.min_depth, self.max_depth)
     s = self.image_size

@@ -410,6 +410,11 @@ def cpu_has_fast_bfloat16(cpuinfo="/proc/cpuinfo"):
   return bool({"avx512_bf16", "amx_bf16"} & set(flags_line.split()))
 
 
+def _view_variable_ids(model):
+  """ids of the view network's trainable variables (its own Adam's)."""
+  return {id(v) for v in model.net_view.trainable_variables}
+
+
 def build_model_and_optimizer(strategy, learning_rate=1e-4, adam_epsilon=1e-8,
                               mixed_precision=False, view_learning_rate=None):
   """The training state, created in `strategy`'s scope.
@@ -448,7 +453,7 @@ def build_model_and_optimizer(strategy, learning_rate=1e-4, adam_epsilon=1e-8,
     if view_learning_rate is None:
       optimizers["optimizer"].build(model.trainable_variables)
     else:
-      view_ids = {id(v) for v in model.net_view.trainable_variables}
+      view_ids = _view_variable_ids(model)
       optimizers["optimizer"].build(
           [v for v in model.trainable_variables if id(v) not in view_ids])
       optimizers["view_optimizer"] = adam(view_learning_rate)
@@ -601,8 +606,8 @@ def make_train_step(model, optimizer, strategy, weight_decay=5e-4,
   elif jit_compile:
     replica_step = tf.function(replica_step, jit_compile=True)
 
-  view_ids = ({id(v) for v in model.net_view.trainable_variables}
-              if view_optimizer is not None else set())
+  view_ids = (_view_variable_ids(model) if view_optimizer is not None
+              else set())
 
   def apply_step(batch, *weights):
     terms, grads, view, light = replica_step(batch["image"], *weights)
