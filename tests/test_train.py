@@ -279,6 +279,38 @@ def test_view_learning_rate_gives_the_view_network_its_own_adam(monkeypatch):
   assert int(state.view_optimizer.iterations) == 1
 
 
+def test_resume_names_a_view_optimizer_mismatch(monkeypatch, tmp_path):
+  from tf_unsup3d import model as model_lib  # pylint: disable=g-import-not-at-top
+
+  def tiny(mixed_precision):
+    del mixed_precision
+    model = model_lib.Unsup3D(nf=4, zdim=8, light_view_nf=4, conf_zdim=8,
+                              lam_perc=0.0, use_conf_map=False)
+    model.build((None, 64, 64, 3))
+    return model
+
+  monkeypatch.setattr(train_lib.checkpoints, "build_model", tiny)
+  strategy = tf.distribute.get_strategy()
+  for saved, resumed, fix in [(3e-4, None, "to that run's step size"),
+                              (None, 3e-4, "view_learning_rate = None"),
+                              (3e-4, 1e-3, None)]:
+    folder = str(tmp_path / f"{saved}_{resumed}")
+    state = train_lib.build_model_and_optimizer(
+        strategy, view_learning_rate=saved)
+    state.step.assign(7)
+    tf.train.CheckpointManager(state, folder, 1).save()
+    fresh = train_lib.build_model_and_optimizer(
+        strategy, view_learning_rate=resumed)
+    if fix is None:  # The step size may change; the optimizers' layout not.
+      assert train_lib.resume(fresh, fresh.model, folder)
+      assert int(fresh.step) == 7
+      continue
+    with pytest.raises(checkpoints.CheckpointError) as error:
+      train_lib.resume(fresh, fresh.model, folder)
+    assert fix in str(error.value) and folder in str(error.value)
+    assert int(fresh.step) == 0  # Nothing was read.
+
+
 def test_cosine_schedule_and_budget_fraction():
   assert train_lib.cosine_schedule(1.0, 0.0, 0.0) == 1.0
   assert train_lib.cosine_schedule(1.0, 0.0, 1.0) == pytest.approx(0.0)

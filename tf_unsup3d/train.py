@@ -176,7 +176,8 @@ def resume(checkpoint, model, folder):
 
   Raises:
     checkpoints.CheckpointError: no checkpoint is readable, or the newest
-      intact one does not fit the configured model.
+      intact one does not fit the configured model (its variables, or
+      whether the view network has an Adam of its own).
   """
   latest, unreadable = checkpoints.newest_intact_checkpoint(folder)
   for prefix, problem in unreadable:
@@ -187,6 +188,7 @@ def resume(checkpoint, model, folder):
         f"scratch, move them aside: mv {folder} {folder}.unreadable")
   if latest is None:
     return None
+  _check_view_optimizer(checkpoint, latest)
   checkpoints.restore_model(checkpoint, latest,
                             model).assert_existing_objects_matched()
   if unreadable:
@@ -195,6 +197,29 @@ def resume(checkpoint, model, folder):
   print(f"Resumed from {latest} at step {int(checkpoint.step.numpy())}, "
         f"epoch {int(checkpoint.epoch.numpy())}.")
   return latest
+
+
+def _check_view_optimizer(checkpoint, path):
+  """Raises CheckpointError when `path` and `checkpoint` disagree on
+  whether the view network has an Adam of its own: the shared Adam's slots
+  would not line up with the variables they belong to."""
+  saved = any(name.startswith("view_optimizer/") for name in
+              tf.train.load_checkpoint(path).get_variable_to_shape_map())
+  configured = getattr(checkpoint, "view_optimizer", None) is not None
+  if saved == configured:
+    return
+  if saved:
+    problem, fix = ("gives the view network an Adam of its own "
+                    "(train.view_learning_rate) and this run does not",
+                    "train.view_learning_rate to that run's step size (its "
+                    "config's value)")
+  else:
+    problem, fix = ("trains every network with one Adam and this run gives "
+                    "the view network its own (train.view_learning_rate)",
+                    "train.view_learning_rate = None")
+  raise checkpoints.CheckpointError(
+      f"{path} {problem}. To resume it, bind {fix}; or train from scratch in "
+      "another --model_dir.")
 
 
 def cosine_schedule(start, end, fraction):
