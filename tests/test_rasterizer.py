@@ -254,6 +254,38 @@ def test_depth_and_coverage_match_brute_force(size, seed, kwargs, passes,
 
 
 @pytest.mark.parametrize("size,seed,kwargs", [
+    (12, 20, RAGGED), (16, 21, WINDOW2)])
+def test_depth_without_gradient_is_the_differentiable_depth(size, seed,
+                                                            kwargs):
+  """differentiable=False: the float64 brute force's depth and coverage,
+  the differentiable path's to float32 rounding, and no gradient."""
+  rng = np.random.default_rng(seed)
+  points = random_meshes(rng, 3, size)
+  depth, covered = render(points, size, differentiable=False, **kwargs)
+  expected, _, _, gap, edge_distance = brute_force(
+      points, numpy_grid_faces(size, size), size)
+  clear = (gap >= 1e-4) & (edge_distance >= 1e-4)
+  assert clear.mean() > 0.99
+  hit = np.isfinite(expected)
+  assert 0.1 < hit[clear].mean() < 0.95
+  np.testing.assert_array_equal(covered[clear], hit[clear])
+  np.testing.assert_allclose(depth[clear & hit], expected[clear & hit],
+                             atol=1e-5)
+  np.testing.assert_array_equal(depth[~covered], BACKGROUND)
+  depth_tfg, covered_tfg = render(points, size, **kwargs)
+  np.testing.assert_array_equal(covered, covered_tfg)
+  np.testing.assert_allclose(depth, depth_tfg, rtol=1e-5)
+  f, c = intrinsics(size)
+  vertices = tf.constant(points, tf.float32)
+  with tf.GradientTape() as tape:
+    tape.watch(vertices)
+    depth = rasterizer.rasterize_depth(
+        vertices, rasterizer.grid_faces(size, size), (f, f), (c, c), size,
+        size, BACKGROUND, differentiable=False, **kwargs)[0]
+  assert tape.gradient(depth, vertices) is None
+
+
+@pytest.mark.parametrize("size,seed,kwargs", [
     (12, 10, WINDOW2),
     (12, 11, RAGGED),
 ])

@@ -671,6 +671,9 @@ class Unsup3D(keras.Model):
   def rerender(self, canon_image, canon_depth, view):
     """A canonical image seen from `view`, over itself as a fixed backdrop.
 
+    No gradient reaches `canon_depth` or `view` (the depth is rasterised
+    without TFG's barycentrics); the texture's does.
+
     Args:
       canon_image: `[B, S, S, C]` canonical image (any range).
       canon_depth: `[B, S, S]` canonical depth in scene units.
@@ -682,5 +685,6 @@ class Unsup3D(keras.Model):
     """
     with tf.name_scope("rerender"):
       rendered, _, covered = self.renderer.render_view(
-          canon_image, canon_depth, self.decode_view(view))
+          canon_image, canon_depth, self.decode_view(view),
+          differentiable=False)
       return rendered + (1.0 - covered[..., None]) * canon_image

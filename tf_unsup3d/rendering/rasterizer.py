@@ -161,6 +161,12 @@ def _unpack_keys(keys):
   return covered, tf.where(covered, tf.int32.max - low, 0)
 
 
+def _unpack_inverse_depth(keys):
+  """The winning candidate's 1/z of each `_pack_keys` key (1 where none)."""
+  bits = tf.cast(tf.bitwise.right_shift(tf.maximum(keys, 0), 32), tf.int32)
+  return tf.where(keys > 0, tf.bitcast(bits, tf.float32), 1.0)
+
+
 def _scores(coef, px, py):
   """1/z of each candidate pixel, -1 where the inside test fails.
 
@@ -341,26 +347,39 @@ def visible_triangles(screen, faces, height, width, window=DEFAULT_WINDOW,
     covered: `[B, H, W]` bool.
   """
   with tf.name_scope("visible_triangles"):
-    coef, spans = _triangle_boxes(screen, faces, height, width)
-    batch, num_faces = tf.shape(coef)[0], coef.shape[1]
-    coef = tf.reshape(coef, [-1, 12])
-    x0, y0, span_x, span_y = (tf.reshape(t, [-1]) for t in spans)
-    size = tf.maximum(span_x, span_y)
-    keys = tf.fill([batch * height * width], tf.constant(-1, tf.int64))
-    if window > 0:
-      keys = _window_pass(keys, coef, x0, y0, size, num_faces, window,
-                          height, width, candidate_chunk)
-    keys = _ragged_pass(keys, coef, x0, y0, span_x, span_y, size, num_faces,
-                        window, height, width, candidate_chunk)
+    keys = _visible_keys(screen, faces, height, width, window,
+                         candidate_chunk)
     covered, triangle_id = _unpack_keys(keys)
-    return (tf.reshape(triangle_id, [batch, height, width]),
-            tf.reshape(covered, [batch, height, width]))
+    shape = tf.stack([tf.shape(screen)[0], height, width])
+    return tf.reshape(triangle_id, shape), tf.reshape(covered, shape)
+
+
+def _visible_keys(screen, faces, height, width, window, candidate_chunk):
+  """`[B H W]` int64 z-buffer of `visible_triangles` (`_pack_keys`)."""
+  coef, spans = _triangle_boxes(screen, faces, height, width)
+  batch, num_faces = tf.shape(coef)[0], coef.shape[1]
+  coef = tf.reshape(coef, [-1, 12])
+  x0, y0, span_x, span_y = (tf.reshape(t, [-1]) for t in spans)
+  size = tf.maximum(span_x, span_y)
+  keys = tf.fill([batch * height * width], tf.constant(-1, tf.int64))
+  if window > 0:
+    keys = _window_pass(keys, coef, x0, y0, size, num_faces, window,
+                        height, width, candidate_chunk)
+  return _ragged_pass(keys, coef, x0, y0, span_x, span_y, size, num_faces,
+                      window, height, width, candidate_chunk)
 
 
 def rasterize_depth(points, faces, focal, principal_point, height, width,
                     background_depth, window=DEFAULT_WINDOW,
-                    candidate_chunk=DEFAULT_CANDIDATE_CHUNK):
+                    candidate_chunk=DEFAULT_CANDIDATE_CHUNK,
+                    differentiable=True):
   """Renders the camera depth of a mesh, differentiable w.r.t. its vertices.
+
+  With `differentiable` False the depth is the visibility pass's own
+  perspective-correct 1/z of the winning triangle at each pixel centre,
+  inverted, and carries no gradient: the same depth (to float32 rounding)
+  without TFG's barycentrics and interpolation, for renderings that feed no
+  gradient back (e.g. the re-rendered view term's inputs).
 
   Args:
     points: `[B, V, 3]` camera-space vertices (z > 0 in front).
@@ -369,6 +388,7 @@ def rasterize_depth(points, faces, focal, principal_point, height, width,
     height, width: output size in pixels (Python ints).
     background_depth: depth written where no triangle is visible.
     window, candidate_chunk: see `visible_triangles`.
+    differentiable: False for a depth without gradient (above).
 
   Returns:
     depth: `[B, H, W]` nearest surface depth, `background_depth` elsewhere.
@@ -379,9 +399,16 @@ def rasterize_depth(points, faces, focal, principal_point, height, width,
     faces = tf.convert_to_tensor(faces, tf.int32)
     screen = tf.concat(
         [camera.project(points, focal, principal_point), points[..., 2:]], -1)
+    batch = tf.shape(points)[0]
+    if not differentiable:
+      keys = tf.reshape(_visible_keys(screen, faces, height, width, window,
+                                      candidate_chunk),
+                        tf.stack([batch, height, width]))
+      covered = keys > 0
+      return (tf.where(covered, 1.0 / _unpack_inverse_depth(keys),
+                       tf.cast(background_depth, tf.float32)), covered)
     triangle_id, covered = visible_triangles(
         screen, faces, height, width, window, candidate_chunk)
-    batch = tf.shape(points)[0]
     mask = tf.cast(covered, tf.float32)[..., None]
     # TFG inverts one matrix per listed triangle; a grid mesh has about two
     # triangles per pixel, so it gets each pixel's own triangle instead, and

@@ -78,7 +78,7 @@ class Renderer:
     points = self.depth_to_points(depth)
     return -points / tf.norm(points, axis=-1, keepdims=True)
 
-  def warp_canon_depth(self, depth, view):
+  def warp_canon_depth(self, depth, view, differentiable=True):
     """Renders canonical depth seen from `view`, in the input view.
 
     The canonical depth becomes a grid mesh (two triangles per pixel quad),
@@ -89,6 +89,8 @@ class Renderer:
     Args:
       depth: `[B, S, S]` canonical depth in scene units.
       view: `[B, 6]` view vectors.
+      differentiable: False for a depth without gradient, computed without
+        TFG's barycentrics (`rasterizer.rasterize_depth`).
 
     Returns:
       `[B, S, S]` depth in the input view.
@@ -101,7 +103,7 @@ class Renderer:
       warped, _ = rasterizer.rasterize_depth(
           points, self.faces, self.focal, self.principal_point, s, s,
           background_depth=self.far_depth,
-          candidate_chunk=self.candidate_chunk)
+          candidate_chunk=self.candidate_chunk, differentiable=differentiable)
       return tf.clip_by_value(warped, self.min_depth - self.margin,
                               self.far_depth)
 
@@ -127,13 +129,15 @@ class Renderer:
       grid = pixels / (s - 1) * 2.0 - 1.0
       return tf.reshape(grid, [-1, s, s, 2])
 
-  def render_view(self, image, depth, view):
+  def render_view(self, image, depth, view, differentiable=True):
     """Renders a canonical textured depth map seen from `view`.
 
     Args:
       image: `[B, S, S, C]` canonical texture.
       depth: `[B, S, S]` canonical depth.
       view: `[B, 6]` view vectors.
+      differentiable: False when no gradient need reach `depth` or `view`
+        (`warp_canon_depth`); the texture's still does.
 
     Returns:
       image: `[B, S, S, C]`, zero where the surface does not cover a pixel.
@@ -141,7 +145,7 @@ class Renderer:
       mask: `[B, S, S]` float, 1 where a surface is visible.
     """
     with tf.name_scope("render_view"):
-      recon_depth = self.warp_canon_depth(depth, view)
+      recon_depth = self.warp_canon_depth(depth, view, differentiable)
       grid = self.inverse_warp_grid(recon_depth, view)
       mask = tf.cast(self.coverage_mask(recon_depth), image.dtype)
       rendered = sampling.bilinear_sample(image, grid) * mask[..., None]
