@@ -17,8 +17,13 @@ step of the config's model and batch size (`train.make_train_step` under
   shading      normals, Lambertian shading, canonical image, fwd + bwd
   losses       the config's losses on given images, forward + backward
   optimiser    one Adam update of every weight
+  re-rendering with the re-rendered view term on: its B (B more with
+               Unsup3D.rerender_view_equivariance) renderings, forward
+               only, their depth without TFG's barycentrics as the model
+               renders them; also timed with them (`with TFG`), the
+               same-run baseline of that choice
 
-Rendering's share is (raster + sampling) / step. The depth maps and views
+Rendering's share is (raster + sampling + re-rendering) / step. The depth maps and views
 are the model's own predictions on real images of --data_dir's val split
 when --checkpoint is given (what training sees), else smooth random depth
 under random views up to 30 degrees. With --onednn_compare the full step is
@@ -225,6 +230,16 @@ def main(argv):
       ("losses", seconds(lambda: loss_only(x, loss_inputs))),
       ("optimiser", seconds(optimise)),
   ]
+  if model.lam_rerender_view > 0:
+    count = (2 if model.rerender_view_equivariance else 1) * batch
+    rerender = {
+        differentiable: tf.function(
+            lambda d, v, im, differentiable=differentiable:
+            renderer.render_view(im, d, v, differentiable)[0])
+        for differentiable in (False, True)}
+    parts = depth[:count], view[:count], canon_image[:count]
+    rows += [("re-rendering", seconds(lambda: rerender[False](*parts))),
+             ("  with TFG", seconds(lambda: rerender[True](*parts)))]
   times = dict(rows)
   print(f"\nbatch {batch} at {size}x{size}, config {_GIN.value}, "
         f"{'trained' if _CHECKPOINT.value else 'untrained'} weights, "
@@ -234,9 +249,13 @@ def main(argv):
   print(f"{'phase':14s} {'s/step':>8s} {'share of step':>14s}")
   for name, seconds in rows:
     print(f"{name:14s} {seconds:8.3f} {seconds / step:14.2f}")
-  rendering = times["raster"] + times["sampling"]
-  print(f"rendering (raster + sampling) {rendering:.3f} s = "
+  rendering = (times["raster"] + times["sampling"] +
+               times.get("re-rendering", 0.0))
+  print(f"rendering (raster + sampling + re-rendering) {rendering:.3f} s = "
         f"{100 * rendering / step:.0f}% of the step")
+  if "re-rendering" in times:
+    print(f"re-rendering without / with TFG's barycentrics: "
+          f"{times['re-rendering'] / times['  with TFG']:.2f}")
   if _ONEDNN.value:
     off = _child_step({"TF_ENABLE_ONEDNN_OPTS": "0"}, [])
     on = _child_step({"TF_ENABLE_ONEDNN_OPTS": "1"}, [])
