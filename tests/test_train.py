@@ -242,17 +242,19 @@ def test_bfloat16_check_reads_the_cpu_flags(tmp_path, caplog, monkeypatch):
   assert keras.mixed_precision.global_policy().name == "float32"
 
 
-def test_view_learning_rate_gives_the_view_network_its_own_adam(monkeypatch):
+def _tiny_model(mixed_precision):
+  """A built float32 Unsup3D of tiny widths (`checkpoints.build_model`'s
+  stand-in)."""
   from tf_unsup3d import model as model_lib  # pylint: disable=g-import-not-at-top
+  del mixed_precision
+  model = model_lib.Unsup3D(nf=4, zdim=8, light_view_nf=4, conf_zdim=8,
+                            lam_perc=0.0, use_conf_map=False)
+  model.build((None, 64, 64, 3))
+  return model
 
-  def tiny(mixed_precision):
-    del mixed_precision
-    model = model_lib.Unsup3D(nf=4, zdim=8, light_view_nf=4, conf_zdim=8,
-                              lam_perc=0.0, use_conf_map=False)
-    model.build((None, 64, 64, 3))
-    return model
 
-  monkeypatch.setattr(train_lib.checkpoints, "build_model", tiny)
+def test_view_learning_rate_gives_the_view_network_its_own_adam(monkeypatch):
+  monkeypatch.setattr(train_lib.checkpoints, "build_model", _tiny_model)
   strategy = tf.distribute.get_strategy()
   with pytest.raises(ValueError, match="train.view_learning_rate"):
     train_lib.build_model_and_optimizer(strategy, view_learning_rate=0.0)
@@ -280,16 +282,7 @@ def test_view_learning_rate_gives_the_view_network_its_own_adam(monkeypatch):
 
 
 def test_resume_names_a_view_optimizer_mismatch(monkeypatch, tmp_path):
-  from tf_unsup3d import model as model_lib  # pylint: disable=g-import-not-at-top
-
-  def tiny(mixed_precision):
-    del mixed_precision
-    model = model_lib.Unsup3D(nf=4, zdim=8, light_view_nf=4, conf_zdim=8,
-                              lam_perc=0.0, use_conf_map=False)
-    model.build((None, 64, 64, 3))
-    return model
-
-  monkeypatch.setattr(train_lib.checkpoints, "build_model", tiny)
+  monkeypatch.setattr(train_lib.checkpoints, "build_model", _tiny_model)
   strategy = tf.distribute.get_strategy()
   for saved, resumed, fix in [(3e-4, None, "to that run's step size"),
                               (None, 3e-4, "view_learning_rate = None"),
