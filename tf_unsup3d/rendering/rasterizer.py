@@ -347,15 +347,13 @@ def visible_triangles(screen, faces, height, width, window=DEFAULT_WINDOW,
     covered: `[B, H, W]` bool.
   """
   with tf.name_scope("visible_triangles"):
-    keys = _visible_keys(screen, faces, height, width, window,
-                         candidate_chunk)
-    covered, triangle_id = _unpack_keys(keys)
-    shape = tf.stack([tf.shape(screen)[0], height, width])
-    return tf.reshape(triangle_id, shape), tf.reshape(covered, shape)
+    covered, triangle_id = _unpack_keys(_visible_keys(
+        screen, faces, height, width, window, candidate_chunk))
+    return triangle_id, covered
 
 
 def _visible_keys(screen, faces, height, width, window, candidate_chunk):
-  """`[B H W]` int64 z-buffer of `visible_triangles` (`_pack_keys`)."""
+  """`[B, H, W]` int64 z-buffer of `visible_triangles` (`_pack_keys`)."""
   coef, spans = _triangle_boxes(screen, faces, height, width)
   batch, num_faces = tf.shape(coef)[0], coef.shape[1]
   coef = tf.reshape(coef, [-1, 12])
@@ -365,8 +363,9 @@ def _visible_keys(screen, faces, height, width, window, candidate_chunk):
   if window > 0:
     keys = _window_pass(keys, coef, x0, y0, size, num_faces, window,
                         height, width, candidate_chunk)
-  return _ragged_pass(keys, coef, x0, y0, span_x, span_y, size, num_faces,
+  keys = _ragged_pass(keys, coef, x0, y0, span_x, span_y, size, num_faces,
                       window, height, width, candidate_chunk)
+  return tf.reshape(keys, [batch, height, width])
 
 
 def rasterize_depth(points, faces, focal, principal_point, height, width,
@@ -399,16 +398,15 @@ def rasterize_depth(points, faces, focal, principal_point, height, width,
     faces = tf.convert_to_tensor(faces, tf.int32)
     screen = tf.concat(
         [camera.project(points, focal, principal_point), points[..., 2:]], -1)
-    batch = tf.shape(points)[0]
     if not differentiable:
-      keys = tf.reshape(_visible_keys(screen, faces, height, width, window,
-                                      candidate_chunk),
-                        tf.stack([batch, height, width]))
+      keys = _visible_keys(screen, faces, height, width, window,
+                           candidate_chunk)
       covered = keys > 0
       return (tf.where(covered, 1.0 / _unpack_inverse_depth(keys),
                        tf.cast(background_depth, tf.float32)), covered)
     triangle_id, covered = visible_triangles(
         screen, faces, height, width, window, candidate_chunk)
+    batch = tf.shape(points)[0]
     mask = tf.cast(covered, tf.float32)[..., None]
     # TFG inverts one matrix per listed triangle; a grid mesh has about two
     # triangles per pixel, so it gets each pixel's own triangle instead, and
