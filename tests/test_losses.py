@@ -182,6 +182,36 @@ def test_depth_deviation_against_numpy_and_analytic_cases():
     losses.depth_deviation(tf.zeros([4, 4]), 0.9, 1.1)
 
 
+def test_relative_depth_deviation_is_in_units_of_the_mean_relief():
+  rng = np.random.default_rng(4)
+  shape = rng.uniform(-1, 1, (6, 7))
+  gains = rng.uniform(0.5, 1.5, (5, 1, 1))
+  depth = 1.0 + 0.04 * gains * shape
+  mean = depth.mean(axis=0)
+  expected = (np.mean(np.abs(depth - mean)) /
+              np.mean(np.abs(mean - mean.mean())))
+  assert float(losses.depth_deviation(t(depth), 0.9, 1.1, relative=True)
+               ) == pytest.approx(expected, rel=1e-4)
+  # Scaling every relief by one factor leaves it unchanged, where the
+  # absolute term scales with it.
+  flatter = 1.0 + 0.5 * (depth - 1.0)
+  assert float(losses.depth_deviation(t(flatter), 0.9, 1.1, relative=True)
+               ) == pytest.approx(expected, rel=1e-3)
+  assert float(losses.depth_deviation(t(flatter), 0.9, 1.1)) == pytest.approx(
+      0.5 * float(losses.depth_deviation(t(depth), 0.9, 1.1)), rel=1e-3)
+  # A flat mean shape divides by the floor, not by zero.
+  pair = np.stack([np.full((6, 7), 0.99), np.full((6, 7), 1.01)])
+  floor = losses.RELIEF_FLOOR * 0.2
+  assert float(losses.depth_deviation(t(pair), 0.9, 1.1, relative=True)
+               ) == pytest.approx(0.01 / floor, rel=1e-4)
+  # The divisor is differentiable: its gradient is finite everywhere.
+  x = t(depth)
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    value = losses.depth_deviation(x, 0.9, 1.1, relative=True)
+  assert np.all(np.isfinite(tape.gradient(value, x).numpy()))
+
+
 def test_rank_errors_name_the_argument():
   with pytest.raises(ValueError, match="mask"):
     losses.photometric_loss(tf.zeros([1, 2, 2, 3]), tf.zeros([1, 2, 2, 3]),

@@ -176,17 +176,27 @@ def depth_smoothness(depth, min_depth, max_depth, order=1):
   return numerator / denominator
 
 
-def depth_deviation_sums(depth, min_depth, max_depth):
+def depth_deviation_sums(depth, min_depth, max_depth, relative=False):
   """`depth_deviation` as (sum of per-image terms, number of images)."""
   with tf.name_scope("depth_deviation"):
     shapes.check_shape(depth, "depth", ("B", "H", "W"))
-    deviation = depth - tf.reduce_mean(depth, axis=0, keepdims=True)
-    per_image = tf.reduce_mean(tf.abs(deviation), axis=[1, 2])
+    mean = tf.reduce_mean(depth, axis=0, keepdims=True)
+    per_image = tf.reduce_mean(tf.abs(depth - mean), axis=[1, 2])
     count = tf.cast(tf.shape(depth)[0], depth.dtype)
-    return tf.reduce_sum(per_image) / (max_depth - min_depth), count
+    if not relative:
+      return tf.reduce_sum(per_image) / (max_depth - min_depth), count
+    relief = tf.reduce_mean(
+        tf.abs(mean - tf.reduce_mean(mean, axis=[1, 2], keepdims=True)))
+    floor = RELIEF_FLOOR * (max_depth - min_depth)
+    return tf.reduce_sum(per_image) / tf.maximum(relief, floor), count
 
 
-def depth_deviation(depth, min_depth, max_depth):
+# Of the depth range: the smallest mean relief `depth_deviation(...,
+# relative=True)` divides by, so that a flat mean shape does not blow it up.
+RELIEF_FLOOR = 0.01
+
+
+def depth_deviation(depth, min_depth, max_depth, relative=False):
   """Spread of canonical depths `[B, H, W]` about their batch mean.
 
   mean |d - mean_b(d)| / (max_depth - min_depth): the per-image deformation
@@ -197,6 +207,15 @@ def depth_deviation(depth, min_depth, max_depth):
   darker skin as a deeper face). The mean is over the batch given (under
   a distribution strategy, one replica's). Scalar >= 0; 0 iff all depths
   are equal.
+
+  relative=True divides by the mean shape's own relief instead, mean over
+  pixels of |m - mean(m)| for the batch mean m (at least `RELIEF_FLOOR` of
+  the depth range): the spread in units of the shared shape, unchanged
+  when every depth's relief is scaled by one factor. The absolute term is
+  lowered by flattening every face at once, so a heavy weight on it
+  flattens the shared shape too; the relative one is not, and its
+  gradient through the divisor favours relief over per-image spread.
   """
-  numerator, denominator = depth_deviation_sums(depth, min_depth, max_depth)
+  numerator, denominator = depth_deviation_sums(depth, min_depth, max_depth,
+                                                relative)
   return numerator / denominator

@@ -128,6 +128,7 @@ class Unsup3D(keras.Model):
                lam_depth_sm=0.0,
                depth_smoothness_order=1,
                lam_depth_deviation=0.0,
+               depth_deviation_relative=False,
                lam_multiscale=0.0,
                multiscale_factors=(2, 4, 8),
                lam_rerender_view=0.0,
@@ -165,6 +166,8 @@ class Unsup3D(keras.Model):
         `losses.depth_smoothness`.
       lam_depth_deviation: weight of the canonical depths' spread about
         their batch mean (0 in the paper; see `losses.depth_deviation`).
+      depth_deviation_relative: measure that spread in units of the mean
+        shape's relief, not of the depth range (`losses.depth_deviation`).
       lam_multiscale: weight of the photometric loss on average-pooled
         images (0 in the paper; see `losses.multiscale_photometric_loss_sums`).
       multiscale_factors: its pooling factors (divisors of image_size).
@@ -227,6 +230,7 @@ class Unsup3D(keras.Model):
                        f"{depth_smoothness_order!r}.")
     self.depth_smoothness_order = int(depth_smoothness_order)
     self.lam_depth_deviation = float(lam_depth_deviation)
+    self.depth_deviation_relative = bool(depth_deviation_relative)
     if self.lam_depth_deviation < 0:
       raise ValueError(f"lam_depth_deviation must be >= 0, got "
                        f"{lam_depth_deviation}.")
@@ -524,7 +528,7 @@ class Unsup3D(keras.Model):
       if self.lam_depth_deviation > 0:
         terms["depth_deviation"] = ratio(losses.depth_deviation_sums(
             outputs["canon_depth_unbordered"], self.min_depth,
-            self.max_depth))
+            self.max_depth, self.depth_deviation_relative))
         total += (self.lam_depth_deviation if lam_depth_deviation is None
                   else lam_depth_deviation) * terms["depth_deviation"]
       terms["total"] = total
