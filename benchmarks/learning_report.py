@@ -775,6 +775,11 @@ def format_stage(stage):
       f"{_fmt(rl['gt_on_gt_face'], '.4f')} (g.t. face mask, input view); "
       f"reconstructed {_fmt(rl['recon_on_eval_mask'], '.4f')} vs g.t. "
       f"{_fmt(rl['gt_on_eval_mask'], '.4f')} (evaluation mask)")
+  if stage.get("relief_fit"):  # absent from stages of older reports
+    fit = stage["relief_fit"]
+    lines.append(
+        f"canonical relief per face against the g.t.'s: r "
+        f"{_fmt(fit['correlation'], '.2f')}, slope {_fmt(fit['slope'], '.2f')}")
   if stage.get("light"):  # absent from stages of older reports
     lt = stage["light"]
     lines.append(
@@ -927,6 +932,10 @@ def measure_stage(model, test, summary, budget, previous_minutes,
       "num_test_images": table["model"]["n"], "test": table,
       "view": None, "view_note": test["view_note"],
       "relief": {k: float(np.nanmean(relief(*v))) for k, v in reliefs.items()},
+      # Does each face's relief follow its own? A spread that does not is
+      # per-face noise, which the mean-shape row prices.
+      "relief_fit": fit_line(relief(*reliefs["gt_on_gt_face"]),
+                             relief(*reliefs["canonical_on_gt_face"])),
       "mean_shape": mean_shape_scores(model.renderer, gt, out["canon_depth"],
                                       out["view"]),
       "rerendered_view": rerendered_view_fits(model, test["image"]),

@@ -404,6 +404,16 @@ def test_format_stage_reports_views_and_explainers_only_when_measured():
           "rendered): yaw r 0.50, slope 0.25") in text
 
 
+def test_format_stage_reports_the_relief_fit_only_when_measured():
+  relief = np.array([0.05, 0.08, 0.11])
+  fit = learning_report.fit_line(relief, 2 * relief + 0.01)
+  text = learning_report.format_stage(_stage(relief_fit=fit))
+  assert ("canonical relief per face against the g.t.'s: r 1.00, slope "
+          "2.00") in text
+  assert "canonical relief per face" not in learning_report.format_stage(
+      _stage())
+
+
 def test_kernel_rms_per_network_skips_biases_and_absent_networks():
   layers = tf.keras.layers
   depth = tf.keras.Sequential([layers.Conv2D(2, 3),
