@@ -919,10 +919,11 @@ def measure_stage(model, test, summary, budget, previous_minutes,
   gt = test["depth"]
   gt_face = metrics.erode_mask(metrics.foreground_mask(gt)).numpy()
   eval_mask = metrics.evaluation_mask(gt, out["recon_mask"]).numpy()
-  reliefs = {"canonical_on_gt_face": (out["canon_depth"], gt_face),
-             "gt_on_gt_face": (gt, gt_face),
-             "recon_on_eval_mask": (out["recon_depth"], eval_mask),
-             "gt_on_eval_mask": (gt, eval_mask)}
+  reliefs = {k: relief(*v) for k, v in {
+      "canonical_on_gt_face": (out["canon_depth"], gt_face),
+      "gt_on_gt_face": (gt, gt_face),
+      "recon_on_eval_mask": (out["recon_depth"], eval_mask),
+      "gt_on_eval_mask": (gt, eval_mask)}.items()}  # per image
   predicted = {"yaw": out["view"][:, 1], "pitch": out["view"][:, 0]}
   stage = {
       "budget_minutes": budget, "steps": summary["steps"],
@@ -931,11 +932,11 @@ def measure_stage(model, test, summary, budget, previous_minutes,
       "images_per_second": summary["images_per_second"],
       "num_test_images": table["model"]["n"], "test": table,
       "view": None, "view_note": test["view_note"],
-      "relief": {k: float(np.nanmean(relief(*v))) for k, v in reliefs.items()},
+      "relief": {k: float(np.nanmean(v)) for k, v in reliefs.items()},
       # Does each face's relief follow its own? A spread that does not is
       # per-face noise, which the mean-shape row prices.
-      "relief_fit": fit_line(relief(*reliefs["gt_on_gt_face"]),
-                             relief(*reliefs["canonical_on_gt_face"])),
+      "relief_fit": fit_line(reliefs["gt_on_gt_face"],
+                             reliefs["canonical_on_gt_face"]),
       "mean_shape": mean_shape_scores(model.renderer, gt, out["canon_depth"],
                                       out["view"]),
       "rerendered_view": rerendered_view_fits(model, test["image"]),

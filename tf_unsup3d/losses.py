@@ -176,6 +176,11 @@ def depth_smoothness(depth, min_depth, max_depth, order=1):
   return numerator / denominator
 
 
+# Of the depth range: the smallest mean relief `depth_deviation(...,
+# relative=True)` divides by, so that a flat mean shape does not blow it up.
+RELIEF_FLOOR = 0.01
+
+
 def depth_deviation_sums(depth, min_depth, max_depth, relative=False):
   """`depth_deviation` as (sum of per-image terms, number of images)."""
   with tf.name_scope("depth_deviation"):
@@ -189,11 +194,6 @@ def depth_deviation_sums(depth, min_depth, max_depth, relative=False):
         tf.abs(mean - tf.reduce_mean(mean, axis=[1, 2], keepdims=True)))
     floor = RELIEF_FLOOR * (max_depth - min_depth)
     return tf.reduce_sum(per_image) / tf.maximum(relief, floor), count
-
-
-# Of the depth range: the smallest mean relief `depth_deviation(...,
-# relative=True)` divides by, so that a flat mean shape does not blow it up.
-RELIEF_FLOOR = 0.01
 
 
 def depth_deviation(depth, min_depth, max_depth, relative=False):
