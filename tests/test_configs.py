@@ -93,10 +93,13 @@ VARIANTS_128 = {
         "generate_synthetic.num_train", "train.batch_size",
         "train.num_epochs", "train.checkpoint_every_steps",
         "train.summary_every_steps", "train.image_summary_every_steps",
-        # The paper's step size: the 128 px networks stop reading their
+        # A smaller step size: the 128 px networks stop reading their
         # code at synthetic.gin's 3e-4 (README, Resolution); constant, as
         # the depth still forms when synthetic.gin drops the step.
-        "train.learning_rate", "train.learning_rate_schedule"}),
+        "train.learning_rate", "train.learning_rate_schedule",
+        # The depth prior scaled with S: per-pixel differences halve on the
+        # same surface while a ripple's slope doubles.
+        "Unsup3D.lam_depth_sm"}),
     **{name: (name[:-len("_128")], set(AT_128)) for name in PAPER_128},
 }
 
