@@ -95,7 +95,7 @@ VARIANTS_128 = {
         "train.summary_every_steps", "train.image_summary_every_steps",
         # A smaller step size: the 128 px networks stop reading their
         # code at synthetic.gin's 3e-4 (README, Resolution); constant, as
-        # the depth still forms when synthetic.gin drops the step.
+        # the depth has no face shape to keep when synthetic.gin drops it.
         "train.learning_rate", "train.learning_rate_schedule",
         # The depth prior scaled with S: per-pixel differences halve on the
         # same surface while a ripple's slope doubles.
