@@ -10,8 +10,11 @@ step of the config's model and batch size (`train.make_train_step` under
   networks     the depth, albedo, light, view (and confidence) networks'
                forward + backward, no rendering
   visibility   the pure-TF z-buffer of the 2B depth maps (no gradient)
-  raster       visibility + TFG's differentiable barycentrics and depth
-               interpolation, forward + backward to the depth maps
+  raster       visibility + the differentiable barycentrics and depth
+               interpolation, forward + backward to the depth maps; also
+               timed with TFG's `differentiable_barycentrics` in place of
+               the closed form (`with TFG`), the same-run baseline of
+               that choice
   sampling     inverse-warp grid + bilinear sampling of the canonical
                images, forward + backward
   shading      normals, Lambertian shading, canonical image, fwd + bwd
@@ -19,9 +22,8 @@ step of the config's model and batch size (`train.make_train_step` under
   optimiser    one Adam update of every weight
   re-rendering with the re-rendered view term on: its B (B more with
                Unsup3D.rerender_view_equivariance) renderings, forward
-               only, their depth without TFG's barycentrics as the model
-               renders them; also timed with them (`with TFG`), the
-               same-run baseline of that choice
+               only, their depth without barycentrics as the model
+               renders them; also timed with them (`with barycentrics`)
 
 Rendering's share is (raster + sampling + re-rendering) / step. The depth maps and views
 are the model's own predictions on real images of --data_dir's val split
@@ -38,6 +40,7 @@ import json
 import os
 import subprocess
 import sys
+from unittest import mock
 
 from absl import app
 from absl import flags
@@ -53,6 +56,7 @@ from tf_unsup3d import gin_configs
 from tf_unsup3d import train as train_lib
 from tf_unsup3d import value_ranges
 from tf_unsup3d.data import datasets
+from tf_unsup3d.rendering import rasterizer
 from tf_unsup3d.rendering import sampling
 import timing  # benchmarks/, the script's folder
 
@@ -175,12 +179,22 @@ def main(argv):
   visibility = tf.function(lambda d, v: renderer.warp_canon_depth(
       tf.stop_gradient(d), v))
 
-  @tf.function
-  def raster(d, v):
-    with tf.GradientTape() as tape:
-      tape.watch(d)
-      total = tf.reduce_sum(renderer.warp_canon_depth(d, v))
-    return tape.gradient(total, d)
+  def raster_fn():
+    @tf.function
+    def raster(d, v):
+      with tf.GradientTape() as tape:
+        tape.watch(d)
+        total = tf.reduce_sum(renderer.warp_canon_depth(d, v))
+      return tape.gradient(total, d)
+    return raster
+
+  raster = raster_fn()
+  raster_tfg = raster_fn()
+  # rasterize_depth looks pixel_barycentrics up when traced: trace the
+  # baseline now, with TFG's in its place.
+  with mock.patch.object(rasterizer, "pixel_barycentrics",
+                         rasterizer.tfg_pixel_barycentrics):
+    raster_tfg.get_concrete_function(depth, view)
 
   recon_depth = renderer.warp_canon_depth(depth, view)
 
@@ -225,6 +239,7 @@ def main(argv):
       ("networks", seconds(lambda: networks(x))),
       ("visibility", seconds(lambda: visibility(depth, view))),
       ("raster", seconds(lambda: raster(depth, view))),
+      ("  with TFG", seconds(lambda: raster_tfg(depth, view))),
       ("sampling", seconds(lambda: sample(recon_depth, view, canon_image))),
       ("shading", seconds(lambda: shade(depth, albedo, light))),
       ("losses", seconds(lambda: loss_only(x, loss_inputs))),
@@ -239,23 +254,26 @@ def main(argv):
         for differentiable in (False, True)}
     parts = depth[:count], view[:count], canon_image[:count]
     rows += [("re-rendering", seconds(lambda: rerender[False](*parts))),
-             ("  with TFG", seconds(lambda: rerender[True](*parts)))]
+             ("  with barycentrics",
+              seconds(lambda: rerender[True](*parts)))]
   times = dict(rows)
   print(f"\nbatch {batch} at {size}x{size}, config {_GIN.value}, "
         f"{'trained' if _CHECKPOINT.value else 'untrained'} weights, "
         f"oneDNN {os.environ.get('TF_ENABLE_ONEDNN_OPTS')}, "
         f"{type(strategy).__name__}, networks in "
         f"{model.net_albedo.compute_dtype}")
-  print(f"{'phase':14s} {'s/step':>8s} {'share of step':>14s}")
+  print(f"{'phase':20s} {'s/step':>8s} {'share of step':>14s}")
   for name, seconds in rows:
-    print(f"{name:14s} {seconds:8.3f} {seconds / step:14.2f}")
+    print(f"{name:20s} {seconds:8.3f} {seconds / step:14.2f}")
   rendering = (times["raster"] + times["sampling"] +
                times.get("re-rendering", 0.0))
   print(f"rendering (raster + sampling + re-rendering) {rendering:.3f} s = "
         f"{100 * rendering / step:.0f}% of the step")
+  print(f"raster with closed-form / TFG's barycentrics: "
+        f"{times['raster'] / times['  with TFG']:.2f}")
   if "re-rendering" in times:
-    print(f"re-rendering without / with TFG's barycentrics: "
-          f"{times['re-rendering'] / times['  with TFG']:.2f}")
+    print(f"re-rendering without / with barycentrics: "
+          f"{times['re-rendering'] / times['  with barycentrics']:.2f}")
   if _ONEDNN.value:
     off = _child_step({"TF_ENABLE_ONEDNN_OPTS": "0"}, [])
     on = _child_step({"TF_ENABLE_ONEDNN_OPTS": "1"}, [])

@@ -501,6 +501,51 @@ def test_tall_triangle_tolerance_band_same_on_all_paths():
     np.testing.assert_array_equal(covered.numpy()[0], expected)
 
 
+def test_pixel_barycentrics_equal_tfg_values_and_gradients():
+  """The closed form against TFG's `differentiable_barycentrics` (the
+  3x3 system per triangle): the same weights and the same gradient of a
+  random weighting of them w.r.t. the clip-space vertices, on turned
+  meshes, the visibility pass's own triangles and a degenerate one."""
+  from tf_unsup3d.rendering import camera
+  size, batch = 12, 3
+  rng = np.random.default_rng(30)
+  points = random_meshes(rng, batch, size).astype(np.float32)
+  faces = rasterizer.grid_faces(size, size)
+  f, c = intrinsics(size)
+  screen = tf.concat([camera.project(tf.constant(points), (f, f), (c, c)),
+                      tf.constant(points[..., 2:])], -1)
+  triangle_id, covered = rasterizer.visible_triangles(screen, faces, size,
+                                                      size)
+  pixel_faces = tf.gather(faces, triangle_id).numpy()
+  pixel_faces[0, 0, 0] = [5, 5, 7]  # degenerate: two equal corners
+  pixel_faces = tf.constant(pixel_faces)
+  clip = camera.clip_space(tf.constant(points), (f, f), (c, c), size, size)
+  probe = tf.constant(rng.normal(size=(batch, size, size, 3)), tf.float32)
+
+  def ours(clip):
+    return rasterizer.pixel_barycentrics(clip, pixel_faces)[0]
+
+  def tfg(clip):
+    return rasterizer.tfg_pixel_barycentrics(clip, pixel_faces)[0]
+
+  results = []
+  for fn in (ours, tfg):
+    with tf.GradientTape() as tape:
+      tape.watch(clip)
+      weights = fn(clip)
+      value = tf.reduce_sum(weights * probe)
+    results.append((weights.numpy(), tape.gradient(value, clip).numpy()))
+  (w_ours, g_ours), (w_tfg, g_tfg) = results
+  inside = covered.numpy()
+  assert inside.mean() > 0.3
+  np.testing.assert_allclose(w_ours.sum(-1)[inside], 1.0, atol=1e-5)
+  np.testing.assert_allclose(w_ours, w_tfg, atol=1e-5)
+  np.testing.assert_array_equal(w_ours[0, 0, 0], 0.0)
+  scale = np.abs(g_tfg).max()
+  assert scale > 0
+  np.testing.assert_allclose(g_ours, g_tfg, atol=1e-5 * scale)
+
+
 def test_grid_faces_topology():
   """(tl, bl, tr) then (tr, bl, br) per quad: two half-quads each."""
   faces = rasterizer.grid_faces(3, 4).numpy()

@@ -1,19 +1,19 @@
-"""Depth rasterisation of triangle meshes: our visibility pass + TFG's differentiable half.
+"""Depth rasterisation of triangle meshes: a visibility pass and differentiable barycentrics.
 
 TensorFlow Graphics' compiled rasteriser op does not load on current
 TensorFlow (DESIGN section 4), so the visibility pass (which triangle is
 nearest at each pixel) is written here in pure TensorFlow: a z-buffer over
 the (triangle, pixel) pairs of each triangle's bounding box, vectorised over
 the batch, in fixed-size steps so that memory stays bounded and it compiles
-under XLA. It carries no gradient. Gradients come from TFG's
-`differentiable_barycentrics`, evaluated on the triangle it picked at each
-pixel, and `interpolate_vertex_attribute`.
+under XLA. It carries no gradient. Gradients come from the perspective-correct
+barycentrics of each pixel centre in the triangle it picked
+(`pixel_barycentrics`: TFG's `differentiable_barycentrics` in closed form,
+tested equal to it), which interpolate the corners' depth.
 """
 
 import tensorflow as tf
 from tensorflow_graphics.rendering import barycentrics
 from tensorflow_graphics.rendering import framebuffer as fb_lib
-from tensorflow_graphics.rendering import interpolate
 
 from tf_unsup3d import shapes
 from tf_unsup3d.rendering import camera
@@ -368,6 +368,80 @@ def _visible_keys(screen, faces, height, width, window, candidate_chunk):
   return tf.reshape(keys, [batch, height, width])
 
 
+def pixel_barycentrics(clip, pixel_faces):
+  """Perspective-correct barycentrics of each pixel centre in its triangle.
+
+  TFG's `differentiable_barycentrics` in closed form: with a triangle's
+  clip-space corners v_i = (x_i, y_i, w_i) and a pixel centre
+  p = (px, py, 1) in TFG's normalised coordinates, weight i is
+  p . (v_j x v_k) over the sum of the three ((i, j, k) cyclic), Cramer's
+  rule for the 3x3 system TFG inverts, whose determinant cancels in the
+  normalisation. One gather of each pixel's corners and elementwise
+  arithmetic, forward and backward, instead of TFG's per-triangle matrices
+  gathered along their last axis under `vectorized_map`
+  (benchmarks/step_split.py times both; tests hold them equal, values and
+  gradients).
+
+  Args:
+    clip: `[B, V, 4]` clip-space (x, y, z, w) vertices (`camera.clip_space`).
+    pixel_faces: `[B, H, W, 3]` int32 vertex ids of each pixel's triangle.
+
+  Returns:
+    weights: `[B, H, W, 3]` barycentrics summing to 1 (0 where the three
+      edge values sum to 0, a degenerate triangle), differentiable w.r.t.
+      `clip`; meaningful where the triangle covers the pixel.
+    corners: `[B, H, W, 3, 3]` the corners' (x, y, w), corner-major.
+  """
+  with tf.name_scope("pixel_barycentrics"):
+    shapes.check_shape(clip, "clip", ("B", "V", 4))
+    shapes.check_shape(pixel_faces, "pixel_faces", ("B", "H", "W", 3))
+    height, width = pixel_faces.shape[1], pixel_faces.shape[2]
+    xyw = tf.gather(clip, [0, 1, 3], axis=-1)
+    corners = tf.gather(xyw, pixel_faces, batch_dims=1)  # [B, H, W, 3, 3]
+    px, py = barycentrics.normalized_pixel_coordinates(width, height)
+    v0, v1, v2 = tf.unstack(corners, axis=-2)
+
+    def edge(a, b):  # p . (a x b), p = (px, py, 1)
+      ax, ay, aw = tf.unstack(a, axis=-1)
+      bx, by, bw = tf.unstack(b, axis=-1)
+      return ((ay * bw - aw * by) * px + (aw * bx - ax * bw) * py +
+              (ax * by - ay * bx))
+
+    edges = tf.stack([edge(v1, v2), edge(v2, v0), edge(v0, v1)], axis=-1)
+    weights = tf.math.divide_no_nan(
+        edges, tf.reduce_sum(edges, axis=-1, keepdims=True))
+    return weights, corners
+
+
+def tfg_pixel_barycentrics(clip, pixel_faces):
+  """`pixel_barycentrics` by TFG's `differentiable_barycentrics`.
+
+  The reference the closed form is tested and timed against
+  (tests/test_rasterizer.py, benchmarks/step_split.py): TFG gets each
+  pixel's own triangle as a one-triangle-per-pixel list, pixel i reading
+  entry i. Same arguments and results as `pixel_barycentrics`.
+  """
+  with tf.name_scope("tfg_pixel_barycentrics"):
+    shapes.check_shape(clip, "clip", ("B", "V", 4))
+    shapes.check_shape(pixel_faces, "pixel_faces", ("B", "H", "W", 3))
+    batch = tf.shape(pixel_faces)[0]
+    height, width = pixel_faces.shape[1], pixel_faces.shape[2]
+    pixel_index = tf.reshape(tf.range(height * width, dtype=tf.int32),
+                             [1, height, width, 1])
+    framebuffer = fb_lib.Framebuffer(
+        foreground_mask=tf.ones(tf.stack([batch, height, width, 1])),
+        triangle_id=tf.broadcast_to(pixel_index,
+                                    tf.stack([batch, height, width, 1])),
+        vertex_ids=pixel_faces,
+        barycentrics=fb_lib.RasterizedAttribute(
+            tf.zeros(tf.stack([batch, height, width, 3])), None, None))
+    framebuffer = barycentrics.differentiable_barycentrics(
+        framebuffer, clip, tf.reshape(pixel_faces, [batch, -1, 3]))
+    xyw = tf.gather(clip, [0, 1, 3], axis=-1)
+    return (framebuffer.barycentrics.value,
+            tf.gather(xyw, pixel_faces, batch_dims=1))
+
+
 def rasterize_depth(points, faces, focal, principal_point, height, width,
                     background_depth, window=DEFAULT_WINDOW,
                     candidate_chunk=DEFAULT_CANDIDATE_CHUNK,
@@ -377,7 +451,7 @@ def rasterize_depth(points, faces, focal, principal_point, height, width,
   With `differentiable` False the depth is the visibility pass's own
   perspective-correct 1/z of the winning triangle at each pixel centre,
   inverted, and carries no gradient: the same depth (to float32 rounding)
-  without TFG's barycentrics and interpolation, for renderings that feed no
+  without the barycentrics and interpolation, for renderings that feed no
   gradient back (e.g. the re-rendered view term's inputs).
 
   Args:
@@ -406,24 +480,10 @@ def rasterize_depth(points, faces, focal, principal_point, height, width,
                        tf.cast(background_depth, tf.float32)), covered)
     triangle_id, covered = visible_triangles(
         screen, faces, height, width, window, candidate_chunk)
-    batch = tf.shape(points)[0]
-    mask = tf.cast(covered, tf.float32)[..., None]
-    # TFG inverts one matrix per listed triangle; a grid mesh has about two
-    # triangles per pixel, so it gets each pixel's own triangle instead, and
-    # each pixel indexes its own entry (half the work of listing the mesh).
-    pixel_faces = tf.gather(faces, triangle_id)  # [B, H, W, 3]
-    pixel_index = tf.reshape(tf.range(height * width, dtype=tf.int32),
-                             [1, height, width, 1])
-    framebuffer = fb_lib.Framebuffer(
-        foreground_mask=mask,
-        triangle_id=tf.broadcast_to(pixel_index,
-                                    tf.stack([batch, height, width, 1])),
-        vertex_ids=pixel_faces,
-        barycentrics=fb_lib.RasterizedAttribute(
-            tf.zeros([batch, height, width, 3]), None, None))
     clip = camera.clip_space(points, focal, principal_point, height, width)
-    framebuffer = barycentrics.differentiable_barycentrics(
-        framebuffer, clip, tf.reshape(pixel_faces, [batch, height * width, 3]))
-    depth = interpolate.interpolate_vertex_attribute(
-        points[..., 2:], framebuffer, background_value=[background_depth])
-    return depth.value[..., 0], covered
+    weights, corners = pixel_barycentrics(clip, tf.gather(faces, triangle_id))
+    # w = z in `camera.clip_space`: perspective-correct weights interpolate
+    # the camera depth of the corners directly.
+    depth = tf.reduce_sum(weights * corners[..., 2], axis=-1)
+    return (tf.where(covered, depth, tf.cast(background_depth, tf.float32)),
+            covered)
