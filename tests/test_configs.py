@@ -94,9 +94,8 @@ VARIANTS_128 = {
         "train.num_epochs", "train.checkpoint_every_steps",
         "train.summary_every_steps", "train.image_summary_every_steps",
         # A smaller step size: the 128 px networks stop reading their
-        # code at synthetic.gin's 3e-4 (README, Resolution); constant, as
-        # the depth has no face shape to keep when synthetic.gin drops it.
-        "train.learning_rate", "train.learning_rate_schedule",
+        # code at synthetic.gin's 3e-4 (README, Resolution).
+        "train.learning_rate",
         # The depth prior at second order and scaled with S, and the
         # pooled photometric terms: at 128 px total variation left ripples
         # or a flat depth, and the full-resolution L1 reaches a pixel or two.
