@@ -676,7 +676,7 @@ class Unsup3D(keras.Model):
     """A canonical image seen from `view`, over itself as a fixed backdrop.
 
     No gradient reaches `canon_depth` or `view` (the depth is rasterised
-    without TFG's barycentrics); the texture's does.
+    without barycentrics); the texture's does.
 
     Args:
       canon_image: `[B, S, S, C]` canonical image (any range).

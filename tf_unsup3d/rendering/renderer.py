@@ -90,7 +90,7 @@ class Renderer:
       depth: `[B, S, S]` canonical depth in scene units.
       view: `[B, 6]` view vectors.
       differentiable: False for a depth without gradient, computed without
-        TFG's barycentrics (`rasterizer.rasterize_depth`).
+        the barycentrics (`rasterizer.rasterize_depth`).
 
     Returns:
       `[B, S, S]` depth in the input view.
