@@ -368,6 +368,14 @@ def _visible_keys(screen, faces, height, width, window, candidate_chunk):
   return tf.reshape(keys, [batch, height, width])
 
 
+def _pixel_corners(clip, pixel_faces):
+  """`[B, H, W, 3, 3]` (x, y, w) of each pixel's triangle corners, checked."""
+  shapes.check_shape(clip, "clip", ("B", "V", 4))
+  shapes.check_shape(pixel_faces, "pixel_faces", ("B", "H", "W", 3))
+  xyw = tf.gather(clip, [0, 1, 3], axis=-1)
+  return tf.gather(xyw, pixel_faces, batch_dims=1)
+
+
 def pixel_barycentrics(clip, pixel_faces):
   """Perspective-correct barycentrics of each pixel centre in its triangle.
 
@@ -393,11 +401,8 @@ def pixel_barycentrics(clip, pixel_faces):
     corners: `[B, H, W, 3, 3]` the corners' (x, y, w), corner-major.
   """
   with tf.name_scope("pixel_barycentrics"):
-    shapes.check_shape(clip, "clip", ("B", "V", 4))
-    shapes.check_shape(pixel_faces, "pixel_faces", ("B", "H", "W", 3))
+    corners = _pixel_corners(clip, pixel_faces)
     height, width = pixel_faces.shape[1], pixel_faces.shape[2]
-    xyw = tf.gather(clip, [0, 1, 3], axis=-1)
-    corners = tf.gather(xyw, pixel_faces, batch_dims=1)  # [B, H, W, 3, 3]
     px, py = barycentrics.normalized_pixel_coordinates(width, height)
     v0, v1, v2 = tf.unstack(corners, axis=-2)
 
@@ -422,8 +427,7 @@ def tfg_pixel_barycentrics(clip, pixel_faces):
   entry i. Same arguments and results as `pixel_barycentrics`.
   """
   with tf.name_scope("tfg_pixel_barycentrics"):
-    shapes.check_shape(clip, "clip", ("B", "V", 4))
-    shapes.check_shape(pixel_faces, "pixel_faces", ("B", "H", "W", 3))
+    corners = _pixel_corners(clip, pixel_faces)
     batch = tf.shape(pixel_faces)[0]
     height, width = pixel_faces.shape[1], pixel_faces.shape[2]
     pixel_index = tf.reshape(tf.range(height * width, dtype=tf.int32),
@@ -437,9 +441,7 @@ def tfg_pixel_barycentrics(clip, pixel_faces):
             tf.zeros(tf.stack([batch, height, width, 3])), None, None))
     framebuffer = barycentrics.differentiable_barycentrics(
         framebuffer, clip, tf.reshape(pixel_faces, [batch, -1, 3]))
-    xyw = tf.gather(clip, [0, 1, 3], axis=-1)
-    return (framebuffer.barycentrics.value,
-            tf.gather(xyw, pixel_faces, batch_dims=1))
+    return framebuffer.barycentrics.value, corners
 
 
 def rasterize_depth(points, faces, focal, principal_point, height, width,
