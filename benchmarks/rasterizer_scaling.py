@@ -3,8 +3,9 @@ r"""Visibility-pass time against resolution, and the training step per size.
     taskset -c 1 nice -n 19 python benchmarks/rasterizer_scaling.py \
         --output=/tmp/rasterizer_scaling.json
 
-Times `rasterizer.visible_triangles` (graph mode, best of --steps calls
-after a warm-up: the one least disturbed by other work) on --batch grid
+Times `rasterizer.visible_triangles` as the renderer calls it (corners
+sliced from the vertex grid; graph mode, best of --steps calls after a
+warm-up: the one least disturbed by other work) on --batch grid
 meshes of S x S depth maps, S in --sizes, at four views (identity, yaw 30 and 60 degrees, roll 45) and for two depth
 maps per size:
 
@@ -24,7 +25,9 @@ Same run baselines at 64 px: the tiered pass this one replaced
 (benchmarks/tiered_visibility.py: fixed tier counts, exhaustive fallback),
 on every view above and on the training case (32 smooth maps under random
 views up to 30 degrees, as in step_split.py), and the pass with window=2
-(near-frontal triangles through the dense window pass; the default is 0).
+(near-frontal triangles through the dense window pass; the default is 0);
+on the training case also the pass with its corners gathered through the
+face list (any mesh) rather than sliced.
 
 With --step_sizes it also runs, per size, one child process of
 `step_split.py --full_step_only` (--gin_file, batch --step_batch, random
@@ -101,7 +104,10 @@ def _screen(depth, view_degrees):
 
 
 def _candidates_per_image(screen, faces, size):
-  _, _, span_x, span_y = rasterizer._pixel_spans(screen, faces, size, size)
+  # pylint: disable=protected-access
+  corners = rasterizer._corners(screen, faces)
+  _, _, span_x, span_y = rasterizer._pixel_spans(corners, size, size)
+  # pylint: enable=protected-access
   return float(tf.reduce_sum(span_x * span_y)) / screen.shape[0]
 
 
@@ -129,7 +135,7 @@ def _visibility_rows():
                                  else [])
   rows = []
   for size in (int(s) for s in _SIZES.value):
-    new = _pass(rasterizer, size)
+    new = _pass(rasterizer, size, grid=(size, size))
     faces = rasterizer.grid_faces(size, size)
     for kind in kinds:
       depth = _depth(kind, _BATCH.value, size, rng)
@@ -168,7 +174,8 @@ def _training_case():
                                      renderer.principal_point),
                       points[..., 2:]], -1)
   result = {}
-  for name, fn in (("new", _pass(rasterizer, size)),
+  for name, fn in (("new", _pass(rasterizer, size, grid=(size, size))),
+                   ("gathered", _pass(rasterizer, size)),
                    ("tiered", _pass(tiered_visibility, size)),
                    ("window2", _pass(rasterizer, size, window=2))):
     result[f"{name}_seconds"] = timing.best_seconds(lambda fn=fn: fn(screen),
@@ -240,8 +247,11 @@ def main(argv):
                                               row["window2_differing_ids"]))
   case = results["training_case_64"]
   print(f"training case (32 smooth 64-px maps, views up to 30 degrees): new "
-        f"{case['new_seconds']:.3f} s, tiered {case['tiered_seconds']:.3f} s, "
-        f"window=2 {case['window2_seconds']:.3f} s; new / tiered "
+        f"{case['new_seconds']:.3f} s, gathered corners "
+        f"{case['gathered_seconds']:.3f} s, tiered "
+        f"{case['tiered_seconds']:.3f} s, window=2 "
+        f"{case['window2_seconds']:.3f} s; new / gathered "
+        f"{case['new_seconds'] / case['gathered_seconds']:.2f}, new / tiered "
         f"{case['new_seconds'] / case['tiered_seconds']:.2f}")
   results["training_step"] = [_training_step(int(s))
                               for s in _STEP_SIZES.value]

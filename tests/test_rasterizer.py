@@ -416,6 +416,31 @@ def test_behind_camera_and_degenerate_triangles_draw_nothing(kwargs):
   assert not covered.numpy().any()
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("kwargs", [{}, WINDOW2, {"grid": (8, 8)}])
+def test_non_finite_vertices_draw_nothing_and_leave_the_rest(bad, kwargs):
+  """Triangles touching a NaN or infinite vertex cover no pixel; the others
+  render as they do without it (it is not their vertex)."""
+  size = 8
+  points = identity_meshes(np.random.default_rng(3), 1, size)
+  screen = screen_coordinates(points, size)
+  faces = rasterizer.grid_faces(size, size)
+  ids, covered = (t.numpy() for t in rasterizer.visible_triangles(
+      tf.constant(screen), faces, size, size, **kwargs))
+  vertex = 3 * size + 4  # an inner vertex, in six triangles
+  for coordinate in range(3):
+    broken = screen.copy()
+    broken[0, vertex, coordinate] = bad
+    bad_ids, bad_covered = (t.numpy() for t in rasterizer.visible_triangles(
+        tf.constant(broken), faces, size, size, **kwargs))
+    touching = (faces.numpy()[bad_ids] == vertex).any(-1) & bad_covered
+    assert not touching.any()
+    # Elsewhere the same triangle wins as without the bad vertex.
+    same = ~(faces.numpy()[ids] == vertex).any(-1)
+    np.testing.assert_array_equal(bad_ids[same], ids[same])
+    np.testing.assert_array_equal(bad_covered[same], covered[same])
+
+
 @pytest.mark.parametrize("kwargs", [
     WINDOW2, RAGGED,
 ])
@@ -544,6 +569,19 @@ def test_pixel_barycentrics_equal_tfg_values_and_gradients():
   scale = np.abs(g_tfg).max()
   assert scale > 0
   np.testing.assert_allclose(g_ours, g_tfg, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("rows,cols", [(5, 7), (6, 3)])
+def test_grid_corners_are_the_gathered_corners(rows, cols):
+  """Sliced grid corners equal `grid_faces`' gathered ones, non-square too."""
+  rng = np.random.default_rng(rows * cols)
+  screen = tf.constant(rng.normal(size=(2, rows * cols, 3)), tf.float32)
+  faces = rasterizer.grid_faces(rows, cols)
+  gathered = rasterizer._corners(screen, faces)
+  sliced = rasterizer._corners(screen, faces, grid=(rows, cols))
+  for values, expected in zip(sliced, gathered):
+    for value, want in zip(values, expected):
+      np.testing.assert_array_equal(value.numpy(), want.numpy())
 
 
 def test_grid_faces_topology():
@@ -701,7 +739,7 @@ def test_large_rasters_match_box_reference(size, depth_kind, view):
   faces = rasterizer.grid_faces(size, size)
   results = [tuple(t.numpy()[0] for t in rasterizer.visible_triangles(
       tf.constant(screen), faces, size, size, **kwargs))
-             for kwargs in (WINDOW2, RAGGED)]
+             for kwargs in (WINDOW2, RAGGED, dict(RAGGED, grid=(size, size)))]
   for other in results[1:]:  # the passes split the work; same answers
     for a, b in zip(results[0], other):
       np.testing.assert_array_equal(a, b)

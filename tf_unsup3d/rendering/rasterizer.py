@@ -56,7 +56,44 @@ def grid_faces(height, width):
   return tf.concat([first, second], axis=0)
 
 
-def _plane_coefficients(screen, faces):
+def _corners(screen, faces, grid=None):
+  """Each triangle's corner coordinates, one `[B, T]` tensor per value.
+
+  Built per coordinate so that everything downstream works on contiguous
+  `[B, T]` tensors: reductions over a corner axis of 3 and slices of a
+  trailing (u, v, z) axis cost several times more on a CPU. For a grid mesh
+  (`grid` given) the corners are slices of the vertex grid, in
+  `grid_faces`' order, instead of gathers.
+
+  Args:
+    screen: `[B, V, 3]` vertices (u, v, z).
+    faces: `[T, 3]` int32 vertex indices.
+    grid: None, or (rows, cols) when `faces` is `grid_faces(rows, cols)`.
+
+  Returns:
+    (u, v, z): each a tuple of three `[B, T]` float32, corners 0, 1, 2.
+  """
+  if grid is None:
+    columns = tf.unstack(faces, axis=-1)
+    return tuple(tuple(tf.gather(screen[..., k], c, axis=1) for c in columns)
+                 for k in range(3))
+  rows, cols = grid
+  quads = (rows - 1) * (cols - 1)
+  values = tf.unstack(tf.reshape(tf.transpose(screen, [2, 0, 1]),
+                                 [3, -1, rows, cols]))
+
+  def triangles(value):
+    tl, tr = value[:, :-1, :-1], value[:, :-1, 1:]
+    bl, br = value[:, 1:, :-1], value[:, 1:, 1:]
+    both = lambda a, b: tf.concat([tf.reshape(a, [-1, quads]),
+                                   tf.reshape(b, [-1, quads])], axis=1)
+    # (tl, bl, tr) then (tr, bl, br), as `grid_faces`.
+    return both(tl, tr), both(bl, bl), both(tr, br)
+
+  return tuple(triangles(value) for value in values)
+
+
+def _plane_coefficients(corners):
   """Affine coefficients of the barycentrics and of 1/z about vertex 0.
 
   Each plane is evaluated relative to the triangle's first vertex (u0, v0),
@@ -64,15 +101,15 @@ def _plane_coefficients(screen, faces):
   rather than of the image size, float32 keeps the barycentrics of thin
   triangles accurate at 256 px.
 
+  Args:
+    corners: `_corners` of the triangles.
+
   Returns:
     `[B, T, 12]`: (A, B) of b0, b1, b2 and 1/z, then b0 and 1/z at vertex 0,
     then (u0, v0), so that f(x, y) = f(u0, v0) + A (x - u0) + B (y - v0).
     Degenerate triangles get b0 = -1 everywhere, failing every inside test.
   """
-  tri = tf.gather(screen, faces, axis=1)  # [B, T, 3 vertices, (u, v, z)]
-  u0, u1, u2 = tf.unstack(tri[..., 0], axis=-1)
-  v0, v1, v2 = tf.unstack(tri[..., 1], axis=-1)
-  z0, z1, z2 = tf.unstack(tri[..., 2], axis=-1)
+  (u0, u1, u2), (v0, v1, v2), (z0, z1, z2) = corners
   du1, dv1, du2, dv2 = u1 - u0, v1 - v0, u2 - u0, v2 - v0
   area = du1 * dv2 - du2 * dv1
   valid = (tf.abs(area) > 1e-10) & (tf.minimum(tf.minimum(z0, z1), z2) > 1e-6)
@@ -89,27 +126,34 @@ def _plane_coefficients(screen, faces):
                   [b0_at_vertex, 1.0 / z0, u0, v0], axis=-1)
 
 
-def _pixel_spans(screen, faces, height, width):
+def _pixel_spans(corners, height, width):
   """First candidate pixel and pixel count along x and y of each triangle.
 
   Candidates are the pixel centres inside the triangle's bounding box (with
   a little slack for the inside-test tolerance), clipped to the image.
   Triangles with non-finite vertices get no candidates.
 
+  Args:
+    corners: `_corners` of the triangles.
+    height, width: raster size in pixels.
+
   Returns:
     Four `[B, T]` int32 tensors: x0, y0, span_x, span_y.
   """
-  tri = tf.gather(screen, faces, axis=1)  # [B, T, 3, 3]
-  finite = tf.reduce_all(tf.math.is_finite(tri), axis=[-2, -1])
-  coords = tf.where(finite[..., None, None], tri[..., :2], 0.0)
-  box_low = tf.reduce_min(coords, axis=-2)  # [B, T, 2]
-  box_high = tf.reduce_max(coords, axis=-2)
-  slack = _BBOX_SLACK + INSIDE_TOLERANCE * tf.norm(box_high - box_low,
-                                                   axis=-1)
+  # A sum is finite only if every term is (inf - inf is NaN).
+  finite = tf.math.is_finite(tf.add_n([c for xs in corners for c in xs]))
+  boxes = []
+  for u0, u1, u2 in corners[:2]:
+    u0, u1, u2 = (tf.where(finite, u, 0.0) for u in (u0, u1, u2))
+    boxes.append((tf.minimum(tf.minimum(u0, u1), u2),
+                  tf.maximum(tf.maximum(u0, u1), u2)))
+  (low_x, high_x), (low_y, high_y) = boxes
+  slack = _BBOX_SLACK + INSIDE_TOLERANCE * tf.sqrt(
+      tf.square(high_x - low_x) + tf.square(high_y - low_y))
   spans = []
-  for axis, size in ((0, width), (1, height)):
-    low = tf.math.ceil(box_low[..., axis] - slack)
-    high = tf.math.floor(box_high[..., axis] + slack)
+  for (low, high), size in zip(boxes, (width, height)):
+    low = tf.math.ceil(low - slack)
+    high = tf.math.floor(high + slack)
     low = tf.cast(tf.clip_by_value(low, 0.0, size), tf.int32)
     high = tf.cast(tf.clip_by_value(high, -1.0, size - 1.0), tf.int32)
     span = tf.where(finite, tf.maximum(high - low + 1, 0), 0)
@@ -118,11 +162,11 @@ def _pixel_spans(screen, faces, height, width):
   return x0, y0, span_x, span_y
 
 
-def _triangle_boxes(screen, faces, height, width):
+def _triangle_boxes(screen, faces, height, width, grid=None):
   """Each triangle's plane coefficients and candidate box (no gradient).
 
   Args:
-    screen, faces, height, width: as `visible_triangles`.
+    screen, faces, height, width, grid: as `visible_triangles`.
 
   Returns:
     (coef, spans): coef `[B, T, 12]` `_plane_coefficients`; spans
@@ -131,8 +175,9 @@ def _triangle_boxes(screen, faces, height, width):
   screen = tf.stop_gradient(tf.convert_to_tensor(screen, tf.float32))
   faces = tf.convert_to_tensor(faces, tf.int32)
   shapes.check_shape(screen, "screen", ("B", "V", 3))
-  return (_plane_coefficients(screen, faces),
-          _pixel_spans(screen, faces, height, width))
+  corners = _corners(screen, faces, grid)
+  return (_plane_coefficients(corners),
+          _pixel_spans(corners, height, width))
 
 
 def _pack_keys(score, triangle_ids):
@@ -313,7 +358,7 @@ def _ragged_pass(keys, coef, x0, y0, span_x, span_y, size, num_faces, window,
 
 
 def visible_triangles(screen, faces, height, width, window=DEFAULT_WINDOW,
-                      candidate_chunk=DEFAULT_CANDIDATE_CHUNK):
+                      candidate_chunk=DEFAULT_CANDIDATE_CHUNK, grid=None):
   """The nearest triangle at each pixel centre (the visibility pass).
 
   A pixel is covered by a triangle when its normalised barycentrics are all
@@ -341,6 +386,8 @@ def visible_triangles(screen, faces, height, width, window=DEFAULT_WINDOW,
       through the ragged pass.
     candidate_chunk: candidates per step, at least B H W / 2 (memory
       ~150 B each).
+    grid: (rows, cols) when `faces` is `grid_faces(rows, cols)` (V = rows
+      cols): the same result, the corners sliced rather than gathered.
 
   Returns:
     triangle_id: `[B, H, W]` int32, 0 where nothing is covered.
@@ -348,13 +395,14 @@ def visible_triangles(screen, faces, height, width, window=DEFAULT_WINDOW,
   """
   with tf.name_scope("visible_triangles"):
     covered, triangle_id = _unpack_keys(_visible_keys(
-        screen, faces, height, width, window, candidate_chunk))
+        screen, faces, height, width, window, candidate_chunk, grid))
     return triangle_id, covered
 
 
-def _visible_keys(screen, faces, height, width, window, candidate_chunk):
+def _visible_keys(screen, faces, height, width, window, candidate_chunk,
+                  grid=None):
   """`[B, H, W]` int64 z-buffer of `visible_triangles` (`_pack_keys`)."""
-  coef, spans = _triangle_boxes(screen, faces, height, width)
+  coef, spans = _triangle_boxes(screen, faces, height, width, grid)
   batch, num_faces = tf.shape(coef)[0], coef.shape[1]
   coef = tf.reshape(coef, [-1, 12])
   x0, y0, span_x, span_y = (tf.reshape(t, [-1]) for t in spans)
@@ -447,7 +495,7 @@ def tfg_pixel_barycentrics(clip, pixel_faces):
 def rasterize_depth(points, faces, focal, principal_point, height, width,
                     background_depth, window=DEFAULT_WINDOW,
                     candidate_chunk=DEFAULT_CANDIDATE_CHUNK,
-                    differentiable=True):
+                    differentiable=True, grid=None):
   """Renders the camera depth of a mesh, differentiable w.r.t. its vertices.
 
   With `differentiable` False the depth is the visibility pass's own
@@ -462,7 +510,7 @@ def rasterize_depth(points, faces, focal, principal_point, height, width,
     focal, principal_point: intrinsics in pixels.
     height, width: output size in pixels (Python ints).
     background_depth: depth written where no triangle is visible.
-    window, candidate_chunk: see `visible_triangles`.
+    window, candidate_chunk, grid: see `visible_triangles`.
     differentiable: False for a depth without gradient (above).
 
   Returns:
@@ -476,12 +524,12 @@ def rasterize_depth(points, faces, focal, principal_point, height, width,
         [camera.project(points, focal, principal_point), points[..., 2:]], -1)
     if not differentiable:
       keys = _visible_keys(screen, faces, height, width, window,
-                           candidate_chunk)
+                           candidate_chunk, grid)
       covered = keys > 0
       return (tf.where(covered, 1.0 / _unpack_inverse_depth(keys),
                        tf.cast(background_depth, tf.float32)), covered)
     triangle_id, covered = visible_triangles(
-        screen, faces, height, width, window, candidate_chunk)
+        screen, faces, height, width, window, candidate_chunk, grid)
     clip = camera.clip_space(points, focal, principal_point, height, width)
     weights, corners = pixel_barycentrics(clip, tf.gather(faces, triangle_id))
     # w = z in `camera.clip_space`: perspective-correct weights interpolate

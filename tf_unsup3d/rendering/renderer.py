@@ -103,7 +103,8 @@ class Renderer:
       warped, _ = rasterizer.rasterize_depth(
           points, self.faces, self.focal, self.principal_point, s, s,
           background_depth=self.far_depth,
-          candidate_chunk=self.candidate_chunk, differentiable=differentiable)
+          candidate_chunk=self.candidate_chunk, differentiable=differentiable,
+          grid=(s, s))
       return tf.clip_by_value(warped, self.min_depth - self.margin,
                               self.far_depth)
 
