@@ -25,7 +25,8 @@ def _window_candidates(coef, x0, y0, triangle_ids, window, height, width):
   """Scores every pixel of a `window` x `window` box per triangle.
 
   Args:
-    coef: `[12, B, N]` plane coefficients (`rasterizer._triangle_boxes`).
+    coef: `[C, B, N]` plane coefficients (`rasterizer._triangle_boxes`,
+      C = `rasterizer.NUM_COEFFICIENTS`).
     x0, y0: `[B, N]` top-left candidate pixel per triangle.
     triangle_ids: `[B, N]` the triangles' indices.
     window: box side in pixels.
@@ -68,18 +69,18 @@ def _zbuffer_dense(coef, height, width, triangle_chunk):
   batch, num_faces = tf.shape(coef)[1], coef.shape[2]
   num_chunks = max(1, math.ceil(num_faces / triangle_chunk))
   padding = num_chunks * triangle_chunk - num_faces
-  # Padding triangles get b0 = -1 everywhere (slot 8, b0 at vertex 0, of
-  # `rasterizer._plane_coefficients`), zero gradients: never inside.
-  pad = tf.one_hot(8, 12, on_value=-1.0, off_value=0.0)[:, None, None]
+  # Padding triangles are never in front (`rasterizer.INVALID_PLANE`).
+  pad = tf.constant(rasterizer.INVALID_PLANE)[:, None, None]
   coef = tf.concat([coef, tf.tile(pad, [1, batch, padding])], axis=2)
-  coef = tf.reshape(coef, [12, batch, num_chunks, triangle_chunk])
-  coef = tf.transpose(coef, [2, 0, 1, 3])  # [chunks, 12, B, Tc]
+  coef = tf.reshape(coef, [rasterizer.NUM_COEFFICIENTS, batch, num_chunks,
+                           triangle_chunk])
+  coef = tf.transpose(coef, [2, 0, 1, 3])  # [chunks, C, B, Tc]
   pixels = tf.reshape(camera.pixel_grid(height, width), [-1, 2])
   x = pixels[None, :, None, 0]  # [1, P, 1]
   y = pixels[None, :, None, 1]
 
   def body(i, best_inv_z, best_id):
-    c = tf.transpose(coef[i], [1, 2, 0])[:, None]  # [B, 1, Tc, 12]
+    c = tf.transpose(coef[i], [1, 2, 0])[:, None]  # [B, 1, Tc, C]
     score = rasterizer._scores(c, x, y)  # pylint: disable=protected-access
     chunk_best = tf.reduce_max(score, axis=-1)
     ids = i * triangle_chunk + tf.range(triangle_chunk, dtype=tf.int32)
@@ -134,7 +135,7 @@ def visible_triangles(screen, faces, height, width, triangle_chunk=128,
         screen, faces, height, width)
     batch, num_faces = tf.shape(coef)[0], coef.shape[1]
     num_pixels = batch * height * width
-    coef = tf.transpose(coef, [2, 0, 1])  # [12, B, T]
+    coef = tf.transpose(coef, [2, 0, 1])  # [C, B, T]
     size = tf.maximum(span_x, span_y)  # <= max(H, W): spans are clipped.
     tiers = [(side or max(height, width), min(count or num_faces, num_faces))
              for side, count in windows]

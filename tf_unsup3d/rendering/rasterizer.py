@@ -36,6 +36,10 @@ DEFAULT_CANDIDATE_CHUNK = 1 << 17
 # candidate: a pixel with barycentric b_i = -t lies t * altitude_i outside
 # edge i, and no altitude exceeds the box diagonal.
 _BBOX_SLACK = 1e-3
+# Per-triangle plane coefficients (`_plane_coefficients`), and those of a
+# triangle that is never in front: 1/z = -1 everywhere (slot 6).
+NUM_COEFFICIENTS = 9
+INVALID_PLANE = (0.0,) * 6 + (-1.0, 0.0, 0.0)
 
 
 def grid_faces(height, width):
@@ -94,20 +98,21 @@ def _corners(screen, faces, grid=None):
 
 
 def _plane_coefficients(corners):
-  """Affine coefficients of the barycentrics and of 1/z about vertex 0.
+  """Affine coefficients of two barycentrics and of 1/z about vertex 0.
 
   Each plane is evaluated relative to the triangle's first vertex (u0, v0),
-  where b0 = 1, b1 = b2 = 0 and 1/z = 1/z0: with offsets of a few pixels
-  rather than of the image size, float32 keeps the barycentrics of thin
-  triangles accurate at 256 px.
+  where b1 = b2 = 0 and 1/z = 1/z0: with offsets of a few pixels rather
+  than of the image size, float32 keeps the barycentrics of thin triangles
+  accurate at 256 px. b0 is 1 - b1 - b2.
 
   Args:
     corners: `_corners` of the triangles.
 
   Returns:
-    `[B, T, 12]`: (A, B) of b0, b1, b2 and 1/z, then b0 and 1/z at vertex 0,
-    then (u0, v0), so that f(x, y) = f(u0, v0) + A (x - u0) + B (y - v0).
-    Degenerate triangles get b0 = -1 everywhere, failing every inside test.
+    `[B, T, NUM_COEFFICIENTS]`: (A, B) of b1, b2 and 1/z, then 1/z at
+    vertex 0, then (u0, v0), so that f(x, y) = f(u0, v0) + A (x - u0) +
+    B (y - v0). Degenerate triangles and those with a vertex at z <= 0 get
+    1/z = -1 everywhere (`INVALID_PLANE`): never in front.
   """
   (u0, u1, u2), (v0, v1, v2), (z0, z1, z2) = corners
   du1, dv1, du2, dv2 = u1 - u0, v1 - v0, u2 - u0, v2 - v0
@@ -116,14 +121,13 @@ def _plane_coefficients(corners):
   inv_area = tf.where(valid, 1.0 / tf.where(valid, area, 1.0), 0.0)
   # b_i = ((u_j - x)(v_k - y) - (u_k - x)(v_j - y)) / area for (i, j, k)
   # cyclic, with vertex 0 at the origin.
-  gradients = [((dv1 - dv2) * inv_area, (du2 - du1) * inv_area),
-               (dv2 * inv_area, -du2 * inv_area),
-               (-dv1 * inv_area, du1 * inv_area)]
-  inv_z = [sum(g[k] / z for g, z in zip(gradients, (z0, z1, z2)))
-           for k in range(2)]
-  b0_at_vertex = tf.where(valid, 1.0, -1.0)
-  return tf.stack([c for g in gradients for c in g] + inv_z +
-                  [b0_at_vertex, 1.0 / z0, u0, v0], axis=-1)
+  b1 = (dv2 * inv_area, -du2 * inv_area)
+  b2 = (-dv1 * inv_area, du1 * inv_area)
+  w0 = 1.0 / z0
+  dw1, dw2 = 1.0 / z1 - w0, 1.0 / z2 - w0
+  inv_z = [b1[k] * dw1 + b2[k] * dw2 for k in range(2)]
+  return tf.stack([*b1, *b2, *inv_z, tf.where(valid, w0, -1.0), u0, v0],
+                  axis=-1)
 
 
 def _pixel_spans(corners, height, width):
@@ -169,8 +173,8 @@ def _triangle_boxes(screen, faces, height, width, grid=None):
     screen, faces, height, width, grid: as `visible_triangles`.
 
   Returns:
-    (coef, spans): coef `[B, T, 12]` `_plane_coefficients`; spans
-    `_pixel_spans`' four `[B, T]` int32 tensors.
+    (coef, spans): coef `[B, T, NUM_COEFFICIENTS]` `_plane_coefficients`;
+    spans `_pixel_spans`' four `[B, T]` int32 tensors.
   """
   screen = tf.stop_gradient(tf.convert_to_tensor(screen, tf.float32))
   faces = tf.convert_to_tensor(faces, tf.int32)
@@ -216,16 +220,18 @@ def _scores(coef, px, py):
   """1/z of each candidate pixel, -1 where the inside test fails.
 
   Args:
-    coef: `[..., 12]` `_plane_coefficients`, broadcast against the pixels.
+    coef: `[..., NUM_COEFFICIENTS]` `_plane_coefficients`, broadcast
+      against the pixels.
     px, py: `[...]` int32 pixel column and row.
   """
   c = tf.unstack(coef, axis=-1)
-  dx = tf.cast(px, tf.float32) - c[10]
-  dy = tf.cast(py, tf.float32) - c[11]
-  plane = lambda k, at_vertex: at_vertex + c[2 * k] * dx + c[2 * k + 1] * dy
-  inside = tf.minimum(tf.minimum(plane(0, c[8]), plane(1, 0.0)),
-                      plane(2, 0.0))
-  return tf.where(inside >= -INSIDE_TOLERANCE, plane(3, c[9]), -1.0)
+  dx = tf.cast(px, tf.float32) - c[7]
+  dy = tf.cast(py, tf.float32) - c[8]
+  b1 = c[0] * dx + c[1] * dy
+  b2 = c[2] * dx + c[3] * dy
+  inside = tf.minimum(tf.minimum(1.0 - b1 - b2, b1), b2)
+  return tf.where(inside >= -INSIDE_TOLERANCE, c[6] + c[4] * dx + c[5] * dy,
+                  -1.0)
 
 
 def _window_pass(keys, coef, x0, y0, size, num_faces, window, height, width,
@@ -237,7 +243,8 @@ def _window_pass(keys, coef, x0, y0, size, num_faces, window, height, width,
 
   Args:
     keys: `[B H W]` int64 z-buffer keys so far.
-    coef: `[B T, 12]` plane coefficients, flattened over (image, triangle).
+    coef: `[B T, NUM_COEFFICIENTS]` plane coefficients, flattened over
+      (image, triangle).
     x0, y0, size: `[B T]` int32 first candidate pixel and box side.
     num_faces: T.
 
@@ -289,7 +296,8 @@ def _ragged_pass(keys, coef, x0, y0, span_x, span_y, size, num_faces, window,
 
   Args:
     keys: `[B H W]` int64 z-buffer keys so far.
-    coef: `[B T, 12]` plane coefficients, flattened over (image, triangle).
+    coef: `[B T, NUM_COEFFICIENTS]` plane coefficients, flattened over
+      (image, triangle).
     x0, y0, span_x, span_y, size: `[B T]` int32 candidate boxes.
     num_faces: T.
 
@@ -404,7 +412,7 @@ def _visible_keys(screen, faces, height, width, window, candidate_chunk,
   """`[B, H, W]` int64 z-buffer of `visible_triangles` (`_pack_keys`)."""
   coef, spans = _triangle_boxes(screen, faces, height, width, grid)
   batch, num_faces = tf.shape(coef)[0], coef.shape[1]
-  coef = tf.reshape(coef, [-1, 12])
+  coef = tf.reshape(coef, [-1, NUM_COEFFICIENTS])
   x0, y0, span_x, span_y = (tf.reshape(t, [-1]) for t in spans)
   size = tf.maximum(span_x, span_y)
   keys = tf.fill([batch * height * width], tf.constant(-1, tf.int64))
