@@ -582,6 +582,8 @@ def test_grid_corners_are_the_gathered_corners(rows, cols):
   for values, expected in zip(sliced, gathered):
     for value, want in zip(values, expected):
       np.testing.assert_array_equal(value.numpy(), want.numpy())
+  with pytest.raises(ValueError, match="needs"):
+    rasterizer._corners(screen, faces, grid=(cols, rows + 1))
 
 
 def test_grid_faces_topology():

@@ -82,6 +82,9 @@ def _corners(screen, faces, grid=None):
     return tuple(tuple(tf.gather(screen[..., k], c, axis=1) for c in columns)
                  for k in range(3))
   rows, cols = grid
+  if screen.shape[1] is not None and screen.shape[1] != rows * cols:
+    raise ValueError(f"grid={grid!r} needs {rows * cols} vertices, screen "
+                     f"has {screen.shape[1]}: pass the grid's own shape.")
   quads = (rows - 1) * (cols - 1)
   values = tf.unstack(tf.reshape(tf.transpose(screen, [2, 0, 1]),
                                  [3, -1, rows, cols]))
