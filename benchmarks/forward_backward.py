@@ -9,8 +9,8 @@ Times, after one warm-up call, the median of `--steps` calls of:
     on a plain L1 loss, no rendering (the reference point for the ratio);
   * depth raster only: `Renderer.warp_canon_depth` forward on the 2B depth
     maps of a batch (the pure-TF z-buffer + the barycentrics), for smooth
-    depth (mostly the visibility pass's 2-px window pass) and for per-pixel
-    noise depth at the same views (long thin triangles: the ragged pass).
+    depth (about one candidate pixel per triangle) and for per-pixel noise
+    depth at the same views (long thin triangles, many candidates each).
 The VGG16 of the perceptual loss runs with random weights: same cost.
 """
 
