@@ -147,8 +147,11 @@ def _pixel_spans(corners, height, width):
   Returns:
     Four `[B, T]` int32 tensors: x0, y0, span_x, span_y.
   """
-  # A sum is finite only if every term is (inf - inf is NaN).
-  finite = tf.math.is_finite(tf.add_n([c for xs in corners for c in xs]))
+  # 0 c is 0 for finite c and NaN otherwise: their sum is finite exactly
+  # when every corner coordinate is (a sum of the coordinates themselves
+  # could overflow).
+  finite = tf.math.is_finite(tf.add_n([0.0 * c for xs in corners
+                                       for c in xs]))
   boxes = []
   for u0, u1, u2 in corners[:2]:
     u0, u1, u2 = (tf.where(finite, u, 0.0) for u in (u0, u1, u2))
